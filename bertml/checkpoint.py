@@ -1,0 +1,152 @@
+"""A checkpoint is a self-describing folder that plain `transformers` can load.
+
+    config.json          labels (id2label), problem_type
+    model.safetensors    weights (safetensors only; pickle is refused)
+    tokenizer files      tokenizer.json, tokenizer_config.json, ...
+    bertml.json          ordered labels, per-label thresholds, max_length, problem type,
+                         the resolved training config and final metrics
+
+Everything here is checked before any Ray work starts, so a bad checkpoint gives one
+clear error instead of a traceback from inside an actor.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from bertml.labels import LabelSet
+from bertml.model import position_limit
+
+META_FILE = "bertml.json"
+WEIGHTS_FILE = "model.safetensors"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """The checkpoint folder is missing something or contradicts itself."""
+
+
+@dataclass
+class CheckpointMeta:
+    """Contents of bertml.json."""
+
+    labels: list[str]
+    problem_type: str  # "multi_label" | "single_label"
+    max_length: int
+    thresholds: list[float] | None  # per label, multi-label only
+    config: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def multi_label(self) -> bool:
+        return self.problem_type == "multi_label"
+
+    @property
+    def label_set(self) -> LabelSet:
+        return LabelSet(tuple(self.labels), self.multi_label)
+
+    def validate(self, where: str) -> None:
+        if self.problem_type not in ("multi_label", "single_label"):
+            raise CheckpointError(f"{where}: problem_type must be multi_label or single_label, got {self.problem_type!r}")
+        if not self.labels or len(set(self.labels)) != len(self.labels):
+            raise CheckpointError(f"{where}: labels must be a non-empty list of distinct names")
+        if not isinstance(self.max_length, int) or not 1 <= self.max_length <= 512:
+            raise CheckpointError(f"{where}: max_length must be an integer in [1, 512], got {self.max_length!r}")
+        if self.multi_label:
+            t = self.thresholds
+            if t is None or len(t) != len(self.labels):
+                raise CheckpointError(
+                    f"{where}: thresholds must list one value per label ({len(self.labels)}), got {t!r}"
+                )
+            bad = [(n, v) for n, v in zip(self.labels, t) if not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0 or math.isnan(v)]
+            if bad:
+                raise CheckpointError(f"{where}: thresholds must be in [0, 1]; label {bad[0][0]!r} has {bad[0][1]!r}")
+
+
+def write_meta(path: str, meta: CheckpointMeta) -> None:
+    meta.validate(path)
+    with open(os.path.join(path, META_FILE), "w", encoding="utf-8") as f:
+        json.dump(asdict(meta), f, indent=2, ensure_ascii=False)
+
+
+def read_meta(path: str) -> CheckpointMeta:
+    """Read and check bertml.json and the files beside it (no weights loaded)."""
+    if not os.path.isdir(path):
+        raise CheckpointError(f"checkpoint {path}: not a folder (expected the output of `bertml train`)")
+    meta_path = os.path.join(path, META_FILE)
+    if not os.path.exists(meta_path):
+        raise CheckpointError(
+            f"checkpoint {path}: no {META_FILE}; this is not a bertml checkpoint (train one with "
+            "`bertml train`, or re-tune thresholds with `bertml thresholds` to write one)"
+        )
+    if not os.path.exists(os.path.join(path, WEIGHTS_FILE)):
+        pickled = [f for f in ("pytorch_model.bin", "model.pt", "model.bin") if os.path.exists(os.path.join(path, f))]
+        hint = f" Found {pickled[0]}: pickle-based weights are refused for safety." if pickled else ""
+        raise CheckpointError(f"checkpoint {path}: no {WEIGHTS_FILE}.{hint} bertml loads safetensors weights only.")
+    if not os.path.exists(os.path.join(path, "config.json")):
+        raise CheckpointError(f"checkpoint {path}: no config.json")
+    try:
+        with open(meta_path, encoding="utf-8") as f:
+            raw = json.load(f)
+        meta = CheckpointMeta(**{k: v for k, v in raw.items() if k in CheckpointMeta.__dataclass_fields__})
+    except (json.JSONDecodeError, TypeError) as e:
+        raise CheckpointError(f"{meta_path}: not a valid bertml.json ({e})") from None
+    meta.validate(meta_path)
+    with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
+        hf = json.load(f)
+    n_head = len(hf.get("id2label") or {}) or hf.get("num_labels")
+    if n_head and n_head != len(meta.labels):
+        raise CheckpointError(
+            f"checkpoint {path}: {META_FILE} lists {len(meta.labels)} labels but the model head "
+            f"(config.json) has {n_head} outputs; the files come from different runs"
+        )
+    limit = position_limit(hf)
+    if limit and meta.max_length > limit:
+        raise CheckpointError(f"checkpoint {path}: max_length {meta.max_length} exceeds the model's limit of {limit} tokens")
+    return meta
+
+
+def check_max_length(path: str, max_length: int) -> None:
+    with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
+        limit = position_limit(json.load(f))
+    if limit and max_length > limit:
+        raise CheckpointError(f"max_length {max_length} exceeds the model's limit of {limit} tokens ({path})")
+
+
+def save(path: str, model, tokenizer, meta: CheckpointMeta) -> None:
+    """Write a complete checkpoint folder (safetensors weights)."""
+    os.makedirs(path, exist_ok=True)
+    model = getattr(model, "module", model)  # unwrap DDP
+    model.save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+    write_meta(path, meta)
+
+
+def load(path: str, trust_remote_code: bool = False):
+    """(model in eval mode, tokenizer, meta) from a checkpoint folder."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    meta = read_meta(path)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        path, use_safetensors=True, trust_remote_code=trust_remote_code
+    )
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if model.config.num_labels != len(meta.labels):
+        raise CheckpointError(f"checkpoint {path}: head has {model.config.num_labels} outputs, bertml.json {len(meta.labels)} labels")
+    return model.eval(), tokenizer, meta
+
+
+def fingerprint(path: str) -> str:
+    """sha256 of the weights and bertml.json: names the exact model that scored a file."""
+    h = hashlib.sha256()
+    for name in (WEIGHTS_FILE, META_FILE):
+        with open(os.path.join(path, name), "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()[:16]

@@ -1,0 +1,141 @@
+"""Metrics from probabilities (scikit-learn) and per-label threshold tuning.
+
+probs:   [N, L] float, sigmoid (multi-label) or softmax (single-label) outputs
+targets: [N, L] 0/1 multi-hot (multi-label) or [N] class ids (single-label)
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+from sklearn import metrics as skm
+
+DEFAULT_THRESHOLD = 0.5
+
+
+def predict(probs: np.ndarray, thresholds: np.ndarray | float | None, multi_label: bool) -> np.ndarray:
+    """[N, L] 0/1 predictions: probs >= threshold per label, or argmax (single-label)."""
+    probs = np.asarray(probs)
+    if not multi_label:
+        out = np.zeros_like(probs, dtype=np.int64)
+        out[np.arange(len(probs)), probs.argmax(axis=1)] = 1
+        return out
+    t = DEFAULT_THRESHOLD if thresholds is None else np.asarray(thresholds, dtype=np.float64)
+    return (probs >= t).astype(np.int64)
+
+
+def _targets(targets: np.ndarray, n_labels: int) -> np.ndarray:
+    y = np.asarray(targets)
+    if y.ndim == 1:
+        out = np.zeros((len(y), n_labels), dtype=np.int64)
+        out[np.arange(len(y)), y] = 1
+        return out
+    return (y > 0.5).astype(np.int64)
+
+
+def evaluate(
+    probs: np.ndarray,
+    targets: np.ndarray,
+    label_names: list[str] | tuple[str, ...],
+    thresholds: np.ndarray | float | None = None,
+    multi_label: bool = True,
+) -> dict:
+    """All metrics from sklearn: averages, per-label table, ROC-AUC/AP where defined."""
+    probs = np.asarray(probs, dtype=np.float64)
+    y = _targets(targets, probs.shape[1])
+    pred = predict(probs, thresholds, multi_label)
+    out: dict = {"n": int(len(y))}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # undefined precision/recall -> 0 (zero_division)
+        for avg in ("micro", "macro", "weighted", "samples"):
+            if avg == "samples" and not multi_label:
+                continue
+            p, r, f, _ = skm.precision_recall_fscore_support(y, pred, average=avg, zero_division=0)
+            out[f"{avg}_precision"], out[f"{avg}_recall"], out[f"{avg}_f1"] = float(p), float(r), float(f)
+        out["subset_accuracy"] = float(skm.accuracy_score(y, pred))
+        out["hamming_loss"] = float(skm.hamming_loss(y, pred))
+        if not multi_label:
+            out["accuracy"] = float(skm.accuracy_score(y.argmax(1), probs.argmax(1)))
+        p, r, f, s = skm.precision_recall_fscore_support(y, pred, average=None, zero_division=0)
+    per_label = {}
+    aucs, aps = [], []
+    for j, name in enumerate(label_names):
+        row = {"support": int(s[j]), "precision": float(p[j]), "recall": float(r[j]), "f1": float(f[j])}
+        if 0 < y[:, j].sum() < len(y):
+            row["roc_auc"] = float(skm.roc_auc_score(y[:, j], probs[:, j]))
+            row["average_precision"] = float(skm.average_precision_score(y[:, j], probs[:, j]))
+            aucs.append(row["roc_auc"])
+            aps.append(row["average_precision"])
+        if thresholds is not None and multi_label:
+            row["threshold"] = float(np.broadcast_to(thresholds, (len(label_names),))[j])
+        per_label[name] = row
+    if aucs:
+        out["macro_roc_auc"] = float(np.mean(aucs))
+        out["macro_average_precision"] = float(np.mean(aps))
+    if y.sum() and (y == 0).sum() and multi_label:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            out["micro_roc_auc"] = float(skm.roc_auc_score(y.ravel(), probs.ravel()))
+            out["micro_average_precision"] = float(skm.average_precision_score(y.ravel(), probs.ravel()))
+    out["per_label"] = per_label
+    return out
+
+
+def _best_f1_threshold(y: np.ndarray, p: np.ndarray) -> tuple[float, float]:
+    """(threshold, F1) maximising F1 of `p >= threshold` for one label with positives."""
+    precision, recall, thr = skm.precision_recall_curve(y, p)
+    precision, recall = precision[:-1], recall[:-1]  # align with thr
+    f1 = np.where(precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0.0)
+    i = int(np.argmax(f1))
+    t = float(thr[i])
+    # Midway to the next lower score generalises better than sitting exactly on a sample.
+    lower = p[p < t]
+    if lower.size:
+        t = (t + float(lower.max())) / 2
+    return t, float(f1[i])
+
+
+def _precision_threshold(y: np.ndarray, p: np.ndarray, target: float) -> float | None:
+    """Lowest threshold whose precision >= target (most recall), or None if unreachable."""
+    precision, _, thr = skm.precision_recall_curve(y, p)
+    ok = np.flatnonzero(precision[:-1] >= target)
+    return float(thr[ok[0]]) if ok.size else None
+
+
+def global_threshold(probs: np.ndarray, y: np.ndarray) -> float:
+    """One threshold maximising micro-F1 over all labels (fallback for labels without positives)."""
+    grid = np.round(np.arange(0.05, 0.96, 0.05), 2)
+    scores = [skm.f1_score(y, (probs >= t).astype(int), average="micro", zero_division=0) for t in grid]
+    return float(grid[int(np.argmax(scores))]) if max(scores) > 0 else DEFAULT_THRESHOLD
+
+
+def tune_thresholds(
+    probs: np.ndarray,
+    targets: np.ndarray,
+    target_precision: float | None = None,
+) -> tuple[np.ndarray, dict]:
+    """Per-label thresholds from validation probabilities.
+
+    Default: each label's threshold maximises that label's F1. With `target_precision`,
+    the lowest threshold reaching that precision (falling back to max-F1 where it cannot).
+    Labels without positives (or without negatives) get the global micro-F1 threshold.
+    Returns (thresholds [L], info) where info names the labels that used a fallback.
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    y = _targets(targets, probs.shape[1])
+    fallback = global_threshold(probs, y)
+    out = np.full(probs.shape[1], fallback, dtype=np.float64)
+    info: dict = {"global_threshold": fallback, "fallback_labels": [], "precision_unreached": []}
+    for j in range(probs.shape[1]):
+        yj, pj = y[:, j], probs[:, j]
+        if yj.sum() == 0 or yj.sum() == len(yj):
+            info["fallback_labels"].append(j)
+            continue
+        t = None
+        if target_precision is not None:
+            t = _precision_threshold(yj, pj, target_precision)
+            if t is None:
+                info["precision_unreached"].append(j)
+        out[j] = t if t is not None else _best_f1_threshold(yj, pj)[0]
+    return np.clip(out, 0.0, 1.0), info

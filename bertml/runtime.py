@@ -1,0 +1,56 @@
+"""Ray connection: join the cluster at RAY_ADDRESS, or start an embedded local Ray."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+log = logging.getLogger("bertml")
+
+# Quiet, lean local runs (see shared RAY-NOTES): set before ray.init so workers inherit.
+_QUIET_ENV = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+    "RAY_TRAIN_METRICS_ENABLED": "0",
+    "RAY_AUTH_MODE": "disabled",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+
+def quiet_ray_loggers() -> None:
+    """worker_process_setup_hook: silence the placement-group cleaner that polls the dashboard."""
+    for name in ("ray.train.v2._internal.execution.worker_group.placement_group_cleaner",
+                 "ray.train.v2._internal.execution.worker_group", "ray.train"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def init_ray(num_cpus: int | None = None):
+    """Connect to RAY_ADDRESS if set, else start a local Ray sized to this machine."""
+    import ray
+
+    if ray.is_initialized():
+        return ray
+    for k, v in _QUIET_ENV.items():
+        os.environ.setdefault(k, v)
+    address = os.environ.get("RAY_ADDRESS")
+    runtime_env = {"worker_process_setup_hook": "bertml.runtime.quiet_ray_loggers"}
+    if address:
+        log.info("connecting to Ray cluster at %s", address)
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+    else:
+        ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
+                 runtime_env=runtime_env, log_to_driver=True)
+        log.info("started local Ray: %s", ray.cluster_resources())
+    quiet_ray_loggers()
+    return ray
+
+
+def cluster_gpus() -> float:
+    import ray
+
+    return float(ray.cluster_resources().get("GPU", 0))
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")

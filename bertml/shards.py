@@ -1,0 +1,136 @@
+"""Parquet inputs: resolve a path spec to shards and check each shard's schema.
+
+A spec is a file, a folder (all files below it, hidden `.`/`_` names ignored), a glob,
+or a list of those; local paths or URIs that pyarrow understands (s3://, gs://, hdfs://).
+Footers are read on the driver before any Ray work, so a missing column or an unreadable
+file is one clear error naming the file.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+
+class InputError(ValueError):
+    """An input path or shard cannot be used; the message names the file and what to do."""
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One input file. `key` is its path relative to the spec's root (names the output)."""
+
+    uri: str  # what the user sees in messages
+    path: str  # path inside `fs`
+    key: str
+    fs: pafs.FileSystem
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    shard: Shard
+    num_rows: int
+    num_row_groups: int
+    schema: pa.Schema
+
+
+def _is_hidden(name: str) -> bool:
+    return name.startswith((".", "_"))
+
+
+def _split_uri(spec: str) -> tuple[pafs.FileSystem, str, str]:
+    """(filesystem, path inside it, prefix to rebuild a URI)."""
+    if "://" in spec and not spec.startswith("file://"):
+        fs, path = pafs.FileSystem.from_uri(spec)
+        return fs, path, spec[: spec.index("://") + 3]
+    path = spec[len("file://") :] if spec.startswith("file://") else spec
+    return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(path)), ""
+
+
+def resolve(spec: str | list[str], what: str = "input") -> list[Shard]:
+    """All shards named by `spec`, in a stable (sorted) order. Errors if none."""
+    specs = [spec] if isinstance(spec, str) else list(spec)
+    out: list[Shard] = []
+    for s in specs:
+        fs, path, prefix = _split_uri(s)
+        has_glob = any(c in path for c in "*?[")
+        if has_glob:
+            root = path
+            while any(c in root for c in "*?["):
+                root = os.path.dirname(root)
+            infos = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
+            files = [i.path for i in infos if i.is_file and fnmatch.fnmatch(i.path, path)]
+        else:
+            info = fs.get_file_info(path)
+            if info.type == pafs.FileType.NotFound:
+                raise InputError(f"{what} {s}: no such file or folder")
+            if info.type == pafs.FileType.File:
+                root, files = os.path.dirname(path), [path]
+            else:
+                root = path
+                infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
+                files = [i.path for i in infos if i.is_file]
+        files = [f for f in files if not any(_is_hidden(p) for p in os.path.relpath(f, root).split(os.sep))]
+        for f in sorted(files):
+            out.append(Shard(uri=prefix + f if prefix else f, path=f, key=os.path.relpath(f, root), fs=fs))
+    if not out:
+        raise InputError(f"{what} {spec}: no files found (hidden files starting with '.' or '_' are ignored)")
+    return out
+
+
+def inspect(shard: Shard) -> ShardInfo:
+    """Read one shard's footer. Raises InputError naming the file if it is not Parquet."""
+    try:
+        with shard.fs.open_input_file(shard.path) as f:
+            meta = pq.ParquetFile(f).metadata
+            return ShardInfo(shard, meta.num_rows, meta.num_row_groups, meta.schema.to_arrow_schema())
+    except (pa.ArrowInvalid, OSError, pa.ArrowException) as e:
+        raise InputError(f"{shard.uri}: not a readable Parquet file ({str(e).splitlines()[0]})") from None
+
+
+def inspect_all(shards: list[Shard], threads: int = 16) -> list[ShardInfo | InputError]:
+    """Footers of many shards in parallel (object stores are latency-bound)."""
+
+    def one(s: Shard) -> ShardInfo | InputError:
+        try:
+            return inspect(s)
+        except InputError as e:
+            return e
+
+    with ThreadPoolExecutor(max_workers=min(threads, max(1, len(shards)))) as pool:
+        return list(pool.map(one, shards))
+
+
+def is_text_type(t: pa.DataType) -> bool:
+    if pa.types.is_dictionary(t):
+        return is_text_type(t.value_type)
+    return pa.types.is_string(t) or pa.types.is_large_string(t) or getattr(pa.types, "is_string_view", lambda _: False)(t)
+
+
+def is_labels_type(t: pa.DataType) -> bool:
+    if is_text_type(t):
+        return True
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        return is_text_type(t.value_type)
+    return False
+
+
+def check_column(info: ShardInfo, column: str, kind: str) -> None:
+    """Raise InputError unless `column` exists in the shard with a text (or labels) type."""
+    names = info.schema.names
+    if column not in names:
+        raise InputError(
+            f"{info.shard.uri}: no column {column!r} (columns: {', '.join(names)}); "
+            f"set the {kind} column in the config (e.g. {kind}_column=...)"
+        )
+    t = info.schema.field(column).type
+    ok = is_labels_type(t) if kind == "labels" else is_text_type(t)
+    expected = "list<string> or string" if kind == "labels" else "string"
+    if not ok:
+        raise InputError(f"{info.shard.uri}: column {column!r} is {t}, expected {expected}")

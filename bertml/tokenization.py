@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import pyarrow as pa
 
 # Status values written per row by scoring (one name for one thing, end to end).
 OK, EMPTY, TRUNCATED, CHUNKED = "ok", "empty", "truncated", "chunked"
@@ -45,18 +46,19 @@ def encode_batch(
     chunk: bool = False,
     stride: int = 0,
     max_chunks: int = 64,
-) -> dict[str, np.ndarray]:
+) -> tuple[pa.Array, np.ndarray]:
     """Tokenize a batch without padding.
 
-    Returns, per input row:
-      input_ids: object array of int32 arrays, one per window (a row of N windows is a
-                 list of N arrays; truncate mode has exactly one window, empty rows none)
-      status:    ok | empty | truncated | chunked
+    Returns (input_ids, status) per input row:
+      input_ids: list<list<int32>>, the row's windows (truncate: one; chunk: up to
+                 max_chunks overlapping windows; empty text: none)
+      status:    ok | empty | truncated | chunked  (object array of str)
     """
     cleaned = [clean_text(t) for t in texts]
     keep = [i for i, t in enumerate(cleaned) if t is not None]
-    windows: list[list[np.ndarray]] = [[] for _ in cleaned]
-    status = np.array([EMPTY] * len(cleaned), dtype=object)
+    status = np.full(len(cleaned), EMPTY, dtype=object)
+    per_row = np.zeros(len(cleaned), dtype=np.int64)
+    kept: list[list[int]] = []
     if keep:
         todo = [cleaned[i] for i in keep]
         if not chunk:
@@ -71,25 +73,27 @@ def encode_batch(
             return_attention_mask=False,
             return_token_type_ids=False,
         )
-        owners = enc["overflow_to_sample_mapping"]
-        for ids, owner in zip(enc["input_ids"], owners):
-            windows[keep[owner]].append(np.asarray(ids, dtype=np.int32))
+        produced = np.zeros(len(cleaned), dtype=np.int64)
+        limit = max_chunks if chunk else 1
+        for ids, owner in zip(enc["input_ids"], enc["overflow_to_sample_mapping"]):
+            row = keep[owner]
+            produced[row] += 1
+            if per_row[row] < limit:
+                kept.append(ids)
+                per_row[row] += 1
         for j, i in enumerate(keep):
-            n = len(windows[i])
-            if n > 1 and chunk and n <= max_chunks:
-                status[i] = CHUNKED
-            elif n > 1 or len(todo[j]) < len(cleaned[i]):
+            cut = len(todo[j]) < len(cleaned[i])
+            if produced[i] > limit or cut:
                 status[i] = TRUNCATED
+            elif produced[i] > 1:
+                status[i] = CHUNKED
             else:
                 status[i] = OK
-            if chunk:
-                windows[i] = windows[i][:max_chunks]
-            else:
-                windows[i] = windows[i][:1]
-    ids = np.empty(len(cleaned), dtype=object)
-    for i, w in enumerate(windows):
-        ids[i] = w
-    return {"input_ids": ids, "status": status}
+    lengths = np.fromiter((len(w) for w in kept), dtype=np.int32, count=len(kept))
+    values = np.fromiter((t for w in kept for t in w), dtype=np.int32, count=int(lengths.sum()))
+    windows = pa.ListArray.from_arrays(pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)), pa.array(values))
+    rows = pa.ListArray.from_arrays(pa.array(np.concatenate([[0], np.cumsum(per_row)]).astype(np.int32)), windows)
+    return rows, status
 
 
 def pad(rows: Sequence[np.ndarray], pad_id: int, pad_to: int | None = None) -> tuple[np.ndarray, np.ndarray]:

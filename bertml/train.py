@@ -64,8 +64,9 @@ def make_scheduler(optimizer, total_steps: int, warmup_ratio: float) -> torch.op
 
 
 def optimizer_step(model, micro_batches, optimizer, scheduler, *, multi_label: bool, pos_weight=None,
-                   autocast=contextlib.nullcontext(), scaler=None, max_grad_norm: float = 0.0) -> float:
+                   autocast=None, scaler=None, max_grad_norm: float = 0.0) -> float:
     """One optimizer step over `micro_batches` (gradient accumulation; DDP syncs on the last)."""
+    autocast = autocast or contextlib.nullcontext()
     total = 0.0
     n = len(micro_batches)
     for i, mb in enumerate(micro_batches):

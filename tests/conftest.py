@@ -27,3 +27,33 @@ def tiny_encoder(tmp_path_factory):
     from tiny import build_tiny_model
 
     return build_tiny_model(str(tmp_path_factory.mktemp("tiny") / "encoder"))
+
+
+def make_checkpoint(path: str, multi: bool = True, thresholds: list[float] | None = None, max_length: int = 64) -> str:
+    """A bertml checkpoint from the tiny random-init model (no training: fast)."""
+    from tiny import KEYWORDS, build_tiny_model
+
+    from bertml import checkpoint as ckpt_io
+    from bertml.labels import LabelSet
+    from bertml.model import build_model, load_tokenizer
+
+    enc = build_tiny_model(path + "-encoder")
+    labels = LabelSet(tuple(sorted(KEYWORDS)), multi)
+    model = build_model(enc, labels)
+    meta = ckpt_io.CheckpointMeta(
+        labels=list(labels.names), problem_type="multi_label" if multi else "single_label",
+        max_length=max_length,
+        thresholds=(thresholds or [0.3, 0.4, 0.5, 0.6]) if multi else None,
+    )
+    ckpt_io.save(path, model, load_tokenizer(enc), meta)
+    return path
+
+
+@pytest.fixture(scope="session")
+def multi_ckpt(tmp_path_factory):
+    return make_checkpoint(str(tmp_path_factory.mktemp("ckpt") / "multi"), multi=True)
+
+
+@pytest.fixture(scope="session")
+def single_ckpt(tmp_path_factory):
+    return make_checkpoint(str(tmp_path_factory.mktemp("ckpt") / "single"), multi=False)

@@ -1,0 +1,405 @@
+"""Bulk scoring on Ray Data: Parquet shards -> tokens -> probabilities/tags -> Parquet.
+
+    driver:  check checkpoint + shard footers -> plan (shard, row group) units, skipping
+             shards already committed
+    tasks:   read a row group (needed columns only) -> tokenize       (CPU, stateless)
+    actors:  Scorer: length-bucketed forward passes -> probs, tags    (GPU, or CPU)
+    driver:  gather rows per shard; when a shard has all its rows, commit its file
+
+The read is our own small stage rather than `read_parquet` because each row must carry
+(shard, row) for exactly-once accounting: a shard is committed only when every one of
+its rows is back, in input order, and no row is ever written twice.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from bertml import checkpoint as ckpt_io
+from bertml import faults
+from bertml import shards as sh
+from bertml.config import ScoreConfig, to_dict
+from bertml.output import (
+    MANIFEST,
+    META_CHECKPOINT,
+    META_FINGERPRINT,
+    META_LABELS,
+    OutputDir,
+    OutputError,
+    output_name,
+)
+from bertml.scorer import INPUT_IDS, LABEL, PROBS, SCORE, STATUS, TAGS, TOP_K, Scorer
+from bertml.tokenization import encode_batch
+
+log = logging.getLogger("bertml.score")
+
+SHARD, ROW, ERROR, TEXT = "_shard", "_row", "_error", "_text"  # internal columns
+ROW_OUT = "row"  # written when there is no id column
+
+
+@dataclass
+class ScoreSummary:
+    output: str
+    rows: int = 0
+    shards_scored: int = 0
+    shards_resumed: int = 0
+    shards_skipped: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+    status: dict[str, int] = field(default_factory=dict)
+    tag_counts: dict[str, int] = field(default_factory=dict)
+    duplicate_ids: int = 0
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.rows / self.seconds if self.seconds else 0.0
+
+    def format(self) -> str:
+        lines = [
+            f"output            {self.output}",
+            f"rows scored       {self.rows}  ({self.rows_per_s:.1f} rows/s over {self.seconds:.1f} s)",
+            f"shards            {self.shards_scored} scored, {self.shards_resumed} already done, "
+            f"{len(self.shards_skipped)} skipped as bad",
+            "status            " + ", ".join(f"{k}={v}" for k, v in sorted(self.status.items())),
+        ]
+        if self.duplicate_ids:
+            lines.append(f"duplicate ids     {self.duplicate_ids} (kept, not merged)")
+        for s in self.shards_skipped:
+            lines.append(f"skipped           {s['shard']}: {s['error']}")
+        if self.tag_counts:
+            top = sorted(self.tag_counts.items(), key=lambda kv: -kv[1])
+            lines.append("tags              " + ", ".join(f"{k}={v}" for k, v in top))
+        return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- stages
+
+
+class ReadUnits:
+    """map_batches fn: (shard, row_group) units -> rows with (_shard, _row) and the needed columns."""
+
+    def __init__(self, infos: list[sh.ShardInfo], text_column: str, keep: list[str]):
+        self.infos, self.text_column, self.keep = infos, text_column, keep
+
+    def __call__(self, units: dict) -> pa.Table:
+        tables = [self.read(int(s), int(g), int(r0)) for s, g, r0 in zip(units["shard"], units["row_group"], units["row_start"])]
+        return pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
+
+    def read(self, s: int, group: int, row_start: int) -> pa.Table:
+        info = self.infos[s]
+        try:
+            with info.shard.fs.open_input_file(info.shard.path) as f:
+                t = pq.ParquetFile(f).read_row_group(group, columns=[self.text_column, *self.keep])
+            text = _as_text(t.column(self.text_column))
+        except Exception as e:  # noqa: BLE001 - a bad row group flags its shard, never the run
+            return _error_table(s, info, self.keep, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+        n = t.num_rows
+        cols = {SHARD: pa.array(np.full(n, s, np.int32)), ROW: pa.array(np.arange(row_start, row_start + n, dtype=np.int64)),
+                ERROR: pa.nulls(n, pa.string()), TEXT: text}
+        for c in self.keep:
+            cols[c] = t.column(c)
+        return pa.table(cols)
+
+
+def _as_text(col: pa.ChunkedArray) -> pa.Array:
+    """Any text-like column -> string; invalid UTF-8 is replaced (U+FFFD), not fatal."""
+    col = col.combine_chunks()
+    if pa.types.is_dictionary(col.type):
+        col = col.dictionary_decode()
+    if not pa.types.is_string(col.type):
+        col = col.cast(pa.string()) if not pa.types.is_binary(col.type) and not pa.types.is_large_binary(col.type) else col
+    try:
+        col.validate(full=True)
+        return col
+    except pa.ArrowInvalid:
+        raw = col.view(pa.binary()) if not pa.types.is_binary(col.type) else col
+        return pa.array([None if b is None else b.decode("utf-8", "replace") for b in raw.to_pylist()], pa.string())
+
+
+def _error_table(s: int, info: sh.ShardInfo, keep: list[str], msg: str) -> pa.Table:
+    """One marker row (_row = -1) that tells the driver this shard could not be read."""
+    cols = {SHARD: pa.array([s], pa.int32()), ROW: pa.array([-1], pa.int64()), ERROR: pa.array([msg]),
+            TEXT: pa.nulls(1, pa.string())}
+    for c in keep:
+        cols[c] = pa.nulls(1, info.schema.field(c).type)
+    return pa.table(cols)
+
+
+@functools.lru_cache(maxsize=4)
+def _tokenizer(path: str, trust_remote_code: bool):
+    """One tokenizer per worker process (tasks are stateless; the cache is per process)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+
+
+def tokenize_stage(batch: pa.Table, *, checkpoint: str, max_length: int, chunk: bool, stride: int,
+                   max_chunks: int, trust_remote_code: bool) -> pa.Table:
+    """map_batches fn (CPU tasks): _text -> input_ids (list of windows), status."""
+    tok = _tokenizer(checkpoint, trust_remote_code)
+    ids, status = encode_batch(tok, batch.column(TEXT).to_pylist(), max_length,
+                               chunk=chunk, stride=stride, max_chunks=max_chunks)
+    return batch.drop_columns([TEXT]).append_column(INPUT_IDS, ids).append_column(STATUS, pa.array(status, pa.string()))
+
+
+# ----------------------------------------------------------------------------- driver
+
+
+def score(cfg: ScoreConfig, _fault: dict | None = None) -> ScoreSummary:
+    """Score every row of `cfg.input` into `cfg.output`; see the module docstring."""
+    t0 = time.perf_counter()
+    meta = ckpt_io.read_meta(cfg.checkpoint)  # all checks before Ray starts
+    max_length = cfg.max_length or meta.max_length
+    ckpt_io.check_max_length(cfg.checkpoint, max_length)
+    if cfg.long_text == "chunk" and cfg.chunk_stride >= max_length - 2:
+        raise sh.InputError(f"chunk_stride {cfg.chunk_stride} must be below max_length - 2 ({max_length - 2})")
+    fingerprint = ckpt_io.fingerprint(cfg.checkpoint)
+    keep = [c for c in [cfg.id_column, *cfg.passthrough] if c]
+
+    shard_list = sh.resolve(cfg.input, "input")
+    names = [output_name(s.key) for s in shard_list]
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise sh.InputError(f"two input shards map to the same output name {dup!r}; give a folder instead of a list")
+    good, bad = _check_shards(sh.inspect_all(shard_list), cfg, keep)
+    if bad and cfg.on_bad_shard == "fail":
+        raise sh.InputError(
+            f"{len(bad)} bad input shard(s), nothing written. First: {bad[0]['error']} "
+            "(fix or remove it, or set on_bad_shard=skip to score the rest)"
+        )
+    for b in bad:
+        log.warning("skipping bad shard %s", b["error"])
+
+    out = OutputDir(cfg.output)
+    out.lock()
+    try:
+        if cfg.overwrite:
+            out.clear()
+        out.clean_tmp()
+        summary = ScoreSummary(output=cfg.output, shards_skipped=bad)
+        todo: list[sh.ShardInfo] = []
+        for info in good:
+            name = output_name(info.shard.key)
+            if cfg.resume and not cfg.overwrite and out.exists(name):
+                _check_resumable(out, name, fingerprint, cfg)
+                summary.shards_resumed += 1
+            else:
+                todo.append(info)
+        schema_meta = {META_LABELS: _json(meta.labels), META_CHECKPOINT: os.path.abspath(cfg.checkpoint).encode(),
+                       META_FINGERPRINT: fingerprint.encode()}
+        committer = _Committer(out, todo, cfg, schema_meta, summary, _fault, meta.multi_label)
+        committer.commit_empty_shards()
+        if committer.pending:
+            _run_pipeline(cfg, todo, keep, max_length, committer)
+        committer.finish()
+        summary.seconds = time.perf_counter() - t0
+        out.write_json(MANIFEST, {
+            "checkpoint": os.path.abspath(cfg.checkpoint), "fingerprint": fingerprint,
+            "labels": meta.labels, "config": to_dict(cfg), "summary": asdict(summary),
+            "shards": committer.records, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        })
+        return summary
+    finally:
+        out.unlock()
+
+
+def _json(obj) -> bytes:
+    import json
+
+    return json.dumps(obj, ensure_ascii=False).encode("utf-8")
+
+
+def _check_shards(results, cfg: ScoreConfig, keep: list[str]) -> tuple[list[sh.ShardInfo], list[dict]]:
+    good, bad = [], []
+    for r in results:
+        if isinstance(r, sh.InputError):
+            bad.append({"shard": str(r).split(": ", 1)[0], "error": str(r)})
+            continue
+        try:
+            sh.check_column(r, cfg.text_column, "text")
+            for c in keep:
+                if c not in r.schema.names:
+                    raise sh.InputError(f"{r.shard.uri}: no column {c!r} (columns: {', '.join(r.schema.names)}); "
+                                        "fix id_column/passthrough in the config")
+        except sh.InputError as e:
+            bad.append({"shard": r.shard.uri, "error": str(e)})
+            continue
+        good.append(r)
+    return good, bad
+
+
+def _check_resumable(out: OutputDir, name: str, fingerprint: str, cfg: ScoreConfig) -> None:
+    try:
+        found = out.read_meta(name).get(META_FINGERPRINT, b"").decode()
+    except Exception as e:  # noqa: BLE001
+        raise OutputError(f"{out.path(name)}: existing output is unreadable ({e}); use overwrite=true") from None
+    if found != fingerprint:
+        raise OutputError(
+            f"{out.path(name)} was scored by another checkpoint ({found or 'unknown'}, now {fingerprint}); "
+            "use overwrite=true to re-score everything, or a new output folder"
+        )
+
+
+def _run_pipeline(cfg: ScoreConfig, todo: list[sh.ShardInfo], keep: list[str], max_length: int, committer) -> None:
+    import ray
+    import ray.data
+
+    from bertml.runtime import cluster_gpus, init_ray
+
+    init_ray()
+    gpus = cluster_gpus()
+    use_gpu = gpus > 0 if cfg.use_gpu == "auto" else bool(cfg.use_gpu)
+    n_actors = cfg.num_actors or (max(1, int(gpus)) if use_gpu else 1)
+    cpus = float(ray.cluster_resources().get("CPU", 1))
+    threads = cfg.torch_threads or max(1, int(cpus // n_actors))
+    units = [{"shard": i, "row_group": g, "row_start": start}
+             for i, info in enumerate(todo) for g, start in _row_groups(info)]
+    ds = ray.data.from_items(units, override_num_blocks=max(1, len(units)))
+    ds = ds.map_batches(ReadUnits(todo, cfg.text_column, keep), batch_size=1, batch_format="numpy")
+    ds = ds.map_batches(
+        tokenize_stage, batch_size=cfg.batch_size, batch_format="pyarrow",
+        fn_kwargs={"checkpoint": cfg.checkpoint, "max_length": max_length, "chunk": cfg.long_text == "chunk",
+                   "stride": cfg.chunk_stride, "max_chunks": cfg.max_chunks, "trust_remote_code": cfg.trust_remote_code},
+    )
+    ds = ds.map_batches(
+        Scorer, batch_size=cfg.batch_size, batch_format="pyarrow",
+        fn_constructor_kwargs={"checkpoint": cfg.checkpoint, "max_tokens": cfg.max_tokens, "precision": cfg.precision,
+                               "chunk_pooling": cfg.chunk_pooling, "top_k": cfg.top_k,
+                               "torch_threads": None if use_gpu else threads,
+                               "trust_remote_code": cfg.trust_remote_code},
+        compute=ray.data.ActorPoolStrategy(size=n_actors),
+        num_gpus=1 if use_gpu else 0, num_cpus=cfg.cpus_per_actor,
+        max_restarts=cfg.actor_restarts, max_task_retries=cfg.actor_restarts,
+    )
+    for block in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+        committer.add(block)
+
+
+def _row_groups(info: sh.ShardInfo):
+    with info.shard.fs.open_input_file(info.shard.path) as f:
+        md = pq.ParquetFile(f).metadata
+    start = 0
+    for g in range(md.num_row_groups):
+        yield g, start
+        start += md.row_group(g).num_rows
+
+
+class _Committer:
+    """Buffers scored rows per shard; commits a shard's file once all its rows are back."""
+
+    def __init__(self, out: OutputDir, todo, cfg: ScoreConfig, schema_meta: dict, summary: ScoreSummary,
+                 fault, multi_label: bool):
+        self.multi = multi_label
+        self.out, self.todo, self.cfg, self.meta, self.summary, self.fault = out, todo, cfg, schema_meta, summary, fault
+        self.parts: dict[int, list[pa.Table]] = {}
+        self.seen = np.zeros(len(todo), dtype=np.int64)
+        self.pending = {i for i, info in enumerate(todo) if info.num_rows > 0}
+        self.failed: set[int] = set()
+        self.records: list[dict] = []
+        self.tags: Counter = Counter()
+
+    def commit_empty_shards(self) -> None:
+        for i, info in enumerate(self.todo):
+            if info.num_rows == 0:
+                self._commit(i, None)
+
+    def add(self, block: pa.Table) -> None:
+        shard_ids = block.column(SHARD).to_numpy()
+        for s in np.unique(shard_ids):
+            s = int(s)
+            part = block.filter(pc.equal(block.column(SHARD), s))
+            if s in self.failed:
+                continue
+            errors = part.column(ERROR).drop_null()
+            if len(errors):
+                self._fail(s, errors[0].as_py())
+                continue
+            self.parts.setdefault(s, []).append(part)
+            self.seen[s] += part.num_rows
+            if self.seen[s] >= self.todo[s].num_rows:
+                self._commit(s, pa.concat_tables(self.parts.pop(s), promote_options="permissive"))
+
+    def _fail(self, s: int, error: str) -> None:
+        uri = self.todo[s].shard.uri
+        self.failed.add(s)
+        self.pending.discard(s)
+        self.parts.pop(s, None)
+        if self.cfg.on_bad_shard == "fail":
+            raise sh.InputError(f"{uri}: could not be read ({error}); its output was not written. "
+                                "Fix or remove the file, or set on_bad_shard=skip")
+        self.summary.shards_skipped.append({"shard": uri, "error": f"{uri}: {error}"})
+        log.warning("skipping bad shard %s: %s", uri, error)
+
+    def _commit(self, s: int, table: pa.Table | None) -> None:
+        info = self.todo[s]
+        if table is None:
+            table = self._empty(info)
+        else:
+            table = table.sort_by(ROW)
+            rows = table.column(ROW).to_numpy()
+            if len(rows) != info.num_rows or (len(rows) and (rows != np.arange(info.num_rows)).any()):
+                # Retried work can deliver a row twice: keep the first copy of each row.
+                _, first = np.unique(rows, return_index=True)
+                table = table.take(pa.array(first))
+                if table.num_rows != info.num_rows:
+                    raise RuntimeError(f"{info.shard.uri}: {table.num_rows} of {info.num_rows} rows came back; not committed")
+        table = self._finalize(table)
+        self.out.commit(output_name(info.shard.key), table)
+        self.pending.discard(s)
+        self._count(table)
+        self.records.append({"input": info.shard.uri, "output": output_name(info.shard.key), "rows": table.num_rows})
+        self.summary.shards_scored += 1
+        faults.maybe_fail(self.fault, "score_commit", committed=self.summary.shards_scored)
+
+    def _finalize(self, table: pa.Table) -> pa.Table:
+        cfg = self.cfg
+        front = [cfg.id_column] if cfg.id_column else []
+        cols = front + list(cfg.passthrough)
+        if not cfg.id_column:
+            table = table.append_column(ROW_OUT, table.column(ROW))
+            cols = [ROW_OUT, *cols]
+        result = [c for c in (PROBS, TAGS, LABEL, SCORE, TOP_K) if c in table.column_names]
+        table = table.select(cols + result + [STATUS])
+        return table.replace_schema_metadata({**(table.schema.metadata or {}), **self.meta})
+
+    def _empty(self, info: sh.ShardInfo) -> pa.Table:
+        """A zero-row table with the output schema (so every input shard has an output file)."""
+        fields = [pa.field(SHARD, pa.int32()), pa.field(ROW, pa.int64())]
+        fields += [info.schema.field(c) for c in [self.cfg.id_column, *self.cfg.passthrough] if c]
+        fields += [pa.field(PROBS, pa.list_(pa.float32()))]
+        if self.multi:
+            fields += [pa.field(TAGS, pa.list_(pa.string()))]
+        else:
+            fields += [pa.field(LABEL, pa.string()), pa.field(SCORE, pa.float32())]
+        if self.cfg.top_k:
+            fields += [pa.field(TOP_K, pa.list_(pa.struct([("label", pa.string()), ("score", pa.float32())])))]
+        fields += [pa.field(STATUS, pa.string())]
+        return pa.schema(fields).empty_table()
+
+    def _count(self, table: pa.Table) -> None:
+        self.summary.rows += table.num_rows
+        if table.num_rows:
+            for d in pc.value_counts(table.column(STATUS)).to_pylist():
+                self.summary.status[d["values"]] = self.summary.status.get(d["values"], 0) + d["counts"]
+            col = TAGS if TAGS in table.column_names else LABEL
+            flat = pc.list_flatten(table.column(col)) if col == TAGS else table.column(col).drop_null()
+            for d in pc.value_counts(flat).to_pylist():
+                self.summary.tag_counts[d["values"]] = self.summary.tag_counts.get(d["values"], 0) + d["counts"]
+            if self.cfg.id_column:
+                ids = table.column(self.cfg.id_column)
+                self.summary.duplicate_ids += table.num_rows - len(pc.unique(ids))
+
+    def finish(self) -> None:
+        if self.pending:
+            missing = [self.todo[s].shard.uri for s in sorted(self.pending)]
+            raise RuntimeError(f"{len(missing)} shard(s) did not get all their rows back (e.g. {missing[0]}); "
+                               "nothing was committed for them; re-run to resume")

@@ -1,0 +1,102 @@
+"""Checkpoint folder: exact file set, plain transformers loads it, same probabilities."""
+
+import json
+import os
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from bertml import checkpoint as ckpt_io
+from bertml.scorer import Scorer
+from bertml.tokenization import encode_batch
+
+TEXTS = ["football match today", "bank stocks fell", "新的 足球 比赛", "software chip", "a"]
+EXPECTED_FILES = {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "bertml.json"}
+
+
+def test_checkpoint_file_set(multi_ckpt):
+    assert set(os.listdir(multi_ckpt)) == EXPECTED_FILES
+    meta = json.load(open(os.path.join(multi_ckpt, "bertml.json"), encoding="utf-8"))
+    assert meta["labels"] == ["money", "sport", "tech", "体育"] and len(meta["thresholds"]) == 4
+    cfg = json.load(open(os.path.join(multi_ckpt, "config.json"), encoding="utf-8"))
+    assert cfg["problem_type"] == "multi_label_classification" and cfg["id2label"]["3"] == "体育"
+
+
+def bertml_probs(ckpt, texts):
+    scorer = Scorer(ckpt)
+    _, tok, meta = ckpt_io.load(ckpt)
+    ids, status = encode_batch(tok, texts, meta.max_length)
+    out = scorer(pa.table({"input_ids": ids, "status": pa.array(status, pa.string())}))
+    rows = out.column("probs").to_pylist()
+    return np.array([r if r is not None else [np.nan] * len(meta.labels) for r in rows], dtype=np.float32), out
+
+
+@pytest.mark.parametrize("which", ["multi_ckpt", "single_ckpt"])
+def test_hf_pipeline_gives_the_same_probabilities(which, request):
+    from transformers import pipeline
+
+    ckpt = request.getfixturevalue(which)
+    ours, _ = bertml_probs(ckpt, TEXTS)
+    pipe = pipeline("text-classification", model=ckpt, top_k=None, device=-1)
+    label_order = json.load(open(os.path.join(ckpt, "bertml.json"), encoding="utf-8"))["labels"]
+    theirs = np.array([[{d["label"]: d["score"] for d in row}[n] for n in label_order] for row in pipe(TEXTS)])
+    np.testing.assert_allclose(ours, theirs, atol=1e-5)
+    if which == "single_ckpt":
+        np.testing.assert_allclose(ours.sum(1), 1.0, atol=1e-5)
+
+
+def test_tags_are_probs_over_thresholds(multi_ckpt):
+    probs, out = bertml_probs(multi_ckpt, TEXTS)
+    t = np.array([0.3, 0.4, 0.5, 0.6])
+    names = np.array(["money", "sport", "tech", "体育"])
+    assert out.column("tags").to_pylist() == [list(names[row >= t]) for row in probs]
+
+
+def test_single_label_writes_label_and_score(single_ckpt):
+    probs, out = bertml_probs(single_ckpt, TEXTS + [None])
+    assert "tags" not in out.column_names
+    assert out.column("label").to_pylist()[:-1] == [["money", "sport", "tech", "体育"][i] for i in probs[:-1].argmax(1)]
+    assert out.column("label")[5].as_py() is None and out.column("probs")[5].as_py() is None
+
+
+def write_meta(path, **changes):
+    meta = json.load(open(os.path.join(path, "bertml.json"), encoding="utf-8"))
+    meta.update(changes)
+    json.dump(meta, open(os.path.join(path, "bertml.json"), "w", encoding="utf-8"))
+
+
+@pytest.fixture
+def ckpt_copy(multi_ckpt, tmp_path):
+    import shutil
+
+    dst = str(tmp_path / "c")
+    shutil.copytree(multi_ckpt, dst)
+    return dst
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda p: os.remove(os.path.join(p, "bertml.json")), "no bertml.json"),
+        (lambda p: os.remove(os.path.join(p, "model.safetensors")), "no model.safetensors"),
+        (lambda p: write_meta(p, labels=["a", "b", "c"], thresholds=[0.5] * 3), "model head"),
+        (lambda p: write_meta(p, thresholds=[0.5, 1.5, 0.5, 0.5]), "thresholds must be in [0, 1]"),
+        (lambda p: write_meta(p, max_length=500), "exceeds the model's limit of 128"),
+    ],
+)
+def test_bad_checkpoints_fail_clearly(ckpt_copy, mutate, message):
+    mutate(ckpt_copy)
+    with pytest.raises(ckpt_io.CheckpointError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        ckpt_io.read_meta(ckpt_copy)
+
+
+def test_pickle_only_checkpoint_is_refused(ckpt_copy):
+    from safetensors.torch import load_file
+
+    state = load_file(os.path.join(ckpt_copy, "model.safetensors"))
+    os.remove(os.path.join(ckpt_copy, "model.safetensors"))
+    torch.save(state, os.path.join(ckpt_copy, "pytorch_model.bin"))
+    with pytest.raises(ckpt_io.CheckpointError, match="pickle-based weights are refused"):
+        ckpt_io.read_meta(ckpt_copy)

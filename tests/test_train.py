@@ -8,8 +8,7 @@ import pytest
 from tiny import make_rows, write_parquet
 
 from bertml import checkpoint as ckpt_io
-from bertml.config import load
-from bertml.config import TrainConfig
+from bertml.config import TrainConfig, load
 from bertml.shards import InputError
 from bertml.train import train
 

@@ -1,0 +1,150 @@
+"""`bertml` command line: one subcommand per job, each a typed config plus `key=value` overrides.
+
+    bertml train    --config jobs/configs/train.yaml [key=value ...]
+    bertml score    --config jobs/configs/score.yaml checkpoint=... input=... output=...
+    bertml evaluate --config jobs/configs/evaluate.yaml checkpoint=... data=... report=...
+    bertml demo     [key=value ...]
+
+`bertml <command> --help` lists every config key with its default and meaning. With no
+RAY_ADDRESS the command starts an embedded local Ray; with one, it joins that cluster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import textwrap
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from bertml.config import ConfigError, ScoreConfig, TrainConfig, describe, load, to_dict
+
+log = logging.getLogger("bertml")
+
+
+@dataclass(frozen=True)
+class Command:
+    config: type
+    run: Callable  # (cfg) -> int exit code
+    summary: str
+
+
+def _run_train(cfg: TrainConfig) -> int:
+    from bertml.train import format_summary, train
+
+    result = train(cfg)
+    print(format_summary(result.metrics, cfg.data.problem_type == "multi_label"))
+    print(f"checkpoint: {result.checkpoint}")
+    return 0
+
+
+def _run_score(cfg: ScoreConfig) -> int:
+    from bertml.score import score
+
+    print(score(cfg).format())
+    return 0
+
+
+def _run_demo(cfg) -> int:
+    from bertml.demo import run_demo
+
+    run_demo(cfg)
+    return 0
+
+
+COMMANDS: dict[str, Command] = {
+    "train": Command(TrainConfig, _run_train, "fine-tune an encoder on labelled Parquet (Ray Train)"),
+    "score": Command(ScoreConfig, _run_score, "bulk-score Parquet shards with a checkpoint (Ray Data)"),
+}
+
+
+def register(name: str, command: Command) -> None:
+    COMMANDS[name] = command
+
+
+def _register_optional() -> None:
+    from bertml.demo import DemoConfig
+
+    register("demo", Command(DemoConfig, _run_demo, "offline demo: BBC News corpus, MiniLM, train + score + baseline"))
+    try:
+        from bertml.evaluate import EVAL_COMMANDS
+    except ImportError:
+        return
+    for name, cmd in EVAL_COMMANDS.items():
+        register(name, Command(*cmd))
+
+
+def config_types() -> dict[str, type]:
+    _register_optional()
+    return {name: c.config for name, c in COMMANDS.items()}
+
+
+def keys_help(cls: type) -> str:
+    rows = describe(cls)
+    width = max(len(k) for k, _, _ in rows)
+    lines = ["config keys (set in the YAML, or override as key=value):"]
+    for key, default, help_ in rows:
+        wrapped = textwrap.wrap(help_, 100 - width - 4) or [""]
+        lines.append(f"  {key:<{width}}  {wrapped[0]}")
+        lines += [f"  {'':<{width}}  {w}" for w in wrapped[1:]]
+        lines.append(f"  {'':<{width}}  default: {default}")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    _register_optional()
+    parser = argparse.ArgumentParser(
+        prog="bertml", description="Distributed BERT multi-label text tagger on Ray.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Run `bertml <command> --help` for every config key of a command.\n"
+               "Local by default: without RAY_ADDRESS an embedded Ray starts on this machine.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="command")
+    for name, cmd in COMMANDS.items():
+        p = sub.add_parser(name, help=cmd.summary, description=f"bertml {name}: {cmd.summary}",
+                           epilog=keys_help(cmd.config), formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.add_argument("--config", help="YAML config file (see jobs/configs/)")
+        p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. optim.lr=2e-5")
+        p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from bertml.runtime import setup_logging
+
+    args = build_parser().parse_args(argv)
+    setup_logging()
+    cmd = COMMANDS[args.command]
+    try:
+        cfg = load(cmd.config, args.config, args.overrides)
+    except ConfigError as e:
+        print(f"bertml {args.command}: config error: {e}", file=sys.stderr)
+        return 2
+    resolved = json.dumps(to_dict(cfg), indent=2, ensure_ascii=False)
+    if args.print_config:
+        print(resolved)
+        return 0
+    log.info("bertml %s config:\n%s", args.command, resolved)
+    try:
+        return cmd.run(cfg)
+    except (ValueError, FileNotFoundError) as e:  # our input/config/checkpoint errors: one clear line
+        from bertml.checkpoint import CheckpointError
+        from bertml.output import OutputError
+        from bertml.shards import InputError
+
+        if isinstance(e, (InputError, CheckpointError, OutputError, ConfigError, FileNotFoundError)):
+            print(f"bertml {args.command}: error: {e}", file=sys.stderr)
+            return 2
+        raise
+
+
+def __getattr__(name: str):
+    if name == "CONFIG_TYPES":
+        return config_types()
+    raise AttributeError(name)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -150,3 +150,80 @@ def fingerprint(path: str) -> str:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 h.update(chunk)
     return h.hexdigest()[:16]
+
+
+def copy_with_thresholds(src: str, dst: str, thresholds, provenance: dict, overwrite: bool = False) -> CheckpointMeta:
+    """Copy checkpoint `src` to `dst` with new per-label thresholds; `src` is never modified.
+
+    `provenance` (where the thresholds came from) is stored as bertml.json
+    `metrics.thresholds`. The copy is assembled in a hidden sibling folder and renamed into
+    place, so `dst` is either the old folder or the complete new one.
+    """
+    import dataclasses
+    import shutil
+    import uuid
+
+    meta = read_meta(src)
+    if not meta.multi_label:
+        raise CheckpointError(f"checkpoint {src}: single_label checkpoints predict the argmax; there are no thresholds to set")
+    a, b = os.path.abspath(src), os.path.abspath(dst)
+    if a == b or os.path.commonpath([a, b]) == a:
+        raise CheckpointError(f"output {dst} must be a new folder outside the checkpoint {src} (the original is never modified)")
+    if os.path.exists(b) and os.listdir(b) and not overwrite:
+        raise CheckpointError(f"output {dst} already exists and is not empty; choose a new folder or set overwrite=true")
+    new = dataclasses.replace(meta, thresholds=[float(t) for t in thresholds],
+                              metrics={**meta.metrics, "thresholds": provenance})
+    new.validate(dst)
+    os.makedirs(os.path.dirname(b), exist_ok=True)
+    tmp = os.path.join(os.path.dirname(b), f".{os.path.basename(b)}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        shutil.copytree(a, tmp)
+        write_meta(tmp, new)
+        if os.path.exists(b):
+            shutil.rmtree(b)
+        os.replace(tmp, b)
+    finally:
+        if os.path.exists(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+    return new
+
+
+def is_uri(path: str) -> bool:
+    return "://" in path and not path.startswith("file://")
+
+
+def localize(path: str, cache_dir: str | None = None) -> str:
+    """A checkpoint on object storage (s3://, gs://, ...) -> a local copy; local paths unchanged.
+
+    The copy is cached per URI and weights timestamp/size, so every actor on a node
+    downloads a new model once and a re-uploaded checkpoint is fetched again.
+    """
+    if not is_uri(path):
+        return path[len("file://"):] if path.startswith("file://") else path
+    import pyarrow.fs as pafs
+
+    fs, root = pafs.FileSystem.from_uri(path)
+    info = fs.get_file_info(f"{root.rstrip('/')}/{WEIGHTS_FILE}")
+    if info.type != pafs.FileType.File:
+        raise CheckpointError(f"checkpoint {path}: no {WEIGHTS_FILE} there (bertml loads safetensors weights only)")
+    key = hashlib.sha256(f"{path}|{info.mtime_ns}|{info.size}".encode()).hexdigest()[:16]
+    cache = cache_dir or os.path.join(os.environ.get("BERTML_CACHE", os.path.expanduser("~/.cache/bertml")), "checkpoints")
+    local = os.path.join(cache, key)
+    if not os.path.exists(os.path.join(local, META_FILE)):
+        tmp = f"{local}.tmp-{os.getpid()}"
+        pafs.copy_files(root, tmp, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+        try:
+            os.replace(tmp, local)
+        except OSError:  # another process finished first
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+    return local
+
+
+def upload(local: str, uri: str) -> None:
+    """Copy a finished local checkpoint folder to object storage."""
+    import pyarrow.fs as pafs
+
+    fs, root = pafs.FileSystem.from_uri(uri)
+    pafs.copy_files(local, root, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)

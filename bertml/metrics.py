@@ -139,3 +139,44 @@ def tune_thresholds(
                 info["precision_unreached"].append(j)
         out[j] = t if t is not None else _best_f1_threshold(yj, pj)[0]
     return np.clip(out, 0.0, 1.0), info
+
+
+# ----------------------------------------------------------------------------- curves (reports)
+
+
+def pr_curve(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(precision [T], recall [T], thresholds [T]) of `p >= threshold` for one label, thresholds ascending."""
+    precision, recall, thr = skm.precision_recall_curve(y, p)
+    return precision[:-1], recall[:-1], thr  # drop sklearn's (1, 0) end point: it has no threshold
+
+
+def point_at(y: np.ndarray, p: np.ndarray, threshold: float) -> tuple[float, float, float]:
+    """(precision, recall, F1) of `p >= threshold` for one label."""
+    pred = np.asarray(p) >= threshold
+    y = np.asarray(y) > 0.5
+    tp = float((pred & y).sum())
+    precision = tp / pred.sum() if pred.sum() else 0.0
+    recall = tp / y.sum() if y.sum() else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return precision, recall, f1
+
+
+def f1_by_threshold(y: np.ndarray, p: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """F1 [T] of `p >= t` for every t in `grid`, one label (0 where undefined)."""
+    y = np.asarray(y) > 0.5  # [N]
+    pred = np.asarray(p)[:, None] >= np.asarray(grid)[None, :]  # [N, T]
+    tp = (pred & y[:, None]).sum(0)
+    denom = pred.sum(0) + y.sum()
+    return np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0)
+
+
+def cooccurrence(y: np.ndarray) -> np.ndarray:
+    """[L, L] documents carrying both labels i and j (diagonal: support) from multi-hot [N, L]."""
+    y = (np.asarray(y) > 0.5).astype(np.int64)
+    return y.T @ y
+
+
+def confusion(targets: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """Single-label [L, L] counts: row = true class, column = argmax prediction."""
+    probs = np.asarray(probs)
+    return skm.confusion_matrix(np.asarray(targets), probs.argmax(1), labels=np.arange(probs.shape[1]))

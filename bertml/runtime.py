@@ -19,10 +19,23 @@ _QUIET_ENV = {
 
 
 def quiet_ray_loggers() -> None:
-    """worker_process_setup_hook: silence the placement-group cleaner that polls the dashboard."""
-    for name in ("ray.train.v2._internal.execution.worker_group.placement_group_cleaner",
-                 "ray.train.v2._internal.execution.worker_group", "ray.train"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+    """Silence Ray Train's per-report and polling INFO lines (worker_process_setup_hook).
+
+    The placement-group cleaner polls the dashboard we do not start; the worker context
+    logs every report's full metrics dict (under a logger named by its file path).
+    """
+    import importlib.util
+
+    names = ["ray.train.v2._internal.execution.controller.placement_group_cleaner",
+             "ray.train.v2._internal.execution.storage", "ray.train._internal.storage"]
+    try:
+        spec = importlib.util.find_spec("ray.train.v2._internal.execution.context")
+        if spec and spec.origin:
+            names.append(spec.origin)
+    except (ImportError, ValueError):
+        pass
+    for name in names:
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def init_ray(num_cpus: int | None = None):

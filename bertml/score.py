@@ -278,10 +278,15 @@ def _run_pipeline(cfg: ScoreConfig, todo: list[sh.ShardInfo], keep: list[str], m
                                "trust_remote_code": cfg.trust_remote_code},
         compute=ray.data.ActorPoolStrategy(size=n_actors),
         num_gpus=1 if use_gpu else 0, num_cpus=cfg.cpus_per_actor,
-        max_restarts=cfg.actor_restarts, max_task_retries=cfg.actor_restarts,
+        # A crashed actor is restarted and its batch retried, a bounded number of times.
+        ray_remote_args_fn=functools.partial(_restart_args, cfg.actor_restarts),
     )
     for block in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
         committer.add(block)
+
+
+def _restart_args(n: int) -> dict:
+    return {"max_restarts": n, "max_task_retries": n}
 
 
 def _row_groups(info: sh.ShardInfo):

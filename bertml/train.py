@@ -159,6 +159,9 @@ def train_loop_per_worker(config: dict) -> None:
     import ray.train
     import ray.train.torch
 
+    from bertml.runtime import quiet_ray_loggers
+
+    quiet_ray_loggers()
     cfg: TrainConfig = from_dict(TrainConfig, config["cfg"])
     labels = LabelSet(tuple(config["labels"]), cfg.data.problem_type == "multi_label")
     multi = labels.multi_label
@@ -177,7 +180,7 @@ def train_loop_per_worker(config: dict) -> None:
     if restore is not None:
         restore_dir = restore.to_directory()  # local copy (downloads from shared storage)
     elif cfg.run.resume_from:
-        restore_dir = cfg.run.resume_from
+        restore_dir = ckpt_io.localize(cfg.run.resume_from)
     source = restore_dir or cfg.model.name
     tokenizer = load_tokenizer(source, cfg.model.trust_remote_code)
     model = build_model(source, labels, classifier_dropout=cfg.model.classifier_dropout,
@@ -199,13 +202,7 @@ def train_loop_per_worker(config: dict) -> None:
     if multi and cfg.optim.pos_weight:
         pos_weight = torch.tensor(config["pos_weight"], dtype=torch.float32, device=device)
 
-    def collate(batch: dict) -> dict:
-        enc = tokenize_for_training(tokenizer, batch[TEXT], cfg.model.max_length)
-        out = {k: torch.from_numpy(v).to(device) for k, v in enc.items()}
-        dtype = torch.float32 if multi else torch.long
-        out[TARGETS] = torch.as_tensor(batch[TARGETS], dtype=dtype).to(device)
-        return out
-
+    collate = _Collate(tokenizer, cfg.model.max_length, multi, device)
     train_shard = ray.train.get_dataset_shard("train")
     val_data = ray.train.get_dataset_shard("validation")
 
@@ -276,6 +273,29 @@ def train_loop_per_worker(config: dict) -> None:
                 ray.train.report(_scalars(report), checkpoint=ray.train.Checkpoint.from_directory(tmp))
         else:
             ray.train.report(_scalars(report))
+
+
+def _collate_base():
+    try:  # Ray >= 2.47 prefers a collate class over a plain function
+        from ray.data.collate_fn import NumpyBatchCollateFn
+
+        return NumpyBatchCollateFn
+    except ImportError:  # pragma: no cover - older Ray
+        return object
+
+
+class _Collate(_collate_base()):
+    """Numpy batch (text, targets) -> tensors on the device; tokenization happens here."""
+
+    def __init__(self, tokenizer, max_length: int, multi_label: bool, device: torch.device):
+        self.tokenizer, self.max_length, self.multi, self.device = tokenizer, max_length, multi_label, device
+
+    def __call__(self, batch: dict) -> dict:
+        enc = tokenize_for_training(self.tokenizer, batch[TEXT], self.max_length)
+        out = {k: torch.from_numpy(v).to(self.device) for k, v in enc.items()}
+        dtype = torch.float32 if self.multi else torch.long
+        out[TARGETS] = torch.as_tensor(np.array(batch[TARGETS]), dtype=dtype).to(self.device)  # [B, L] or [B]
+        return out
 
 
 def _scalars(report: dict) -> dict:
@@ -361,14 +381,14 @@ def train(cfg: TrainConfig, _fault: dict | None = None) -> TrainResult:
     if not result.best_checkpoints:
         raise RuntimeError(f"training finished without a checkpoint (see {storage}/{name})")
     best, best_metrics = max(result.best_checkpoints, key=lambda cm: _rank_key(cm[1], cfg))
-    out = _finalize(best, cfg)
+    out = _finalize(best, cfg)  # a local folder (a copy, when run.output is on object storage)
     meta = ckpt_io.read_meta(out)
     history = meta.metrics.get("history", [])
     last_ckpt = result.checkpoint
     if last_ckpt is not None:  # the latest checkpoint holds the whole history
         with last_ckpt.as_directory() as d, open(os.path.join(d, STATE_JSON), encoding="utf-8") as f:
             history = json.load(f)["history"]
-    log.info("final checkpoint: %s", out)
+    log.info("final checkpoint: %s", cfg.run.output)
     return TrainResult(checkpoint=out, metrics=dict(best_metrics), history=history)
 
 
@@ -411,8 +431,9 @@ def _check_model(cfg: TrainConfig, position_limit) -> None:
 
 
 def _finalize(best, cfg: TrainConfig) -> str:
-    """Copy the best checkpoint to run.output, minus the optimizer state."""
-    out = cfg.run.output
+    """Copy the best checkpoint to run.output (local folder or object storage), minus optimizer state."""
+    remote = ckpt_io.is_uri(cfg.run.output)
+    out = tempfile.mkdtemp(prefix="bertml-final-") if remote else cfg.run.output
     tmp = out.rstrip("/") + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     with best.as_directory() as d:
@@ -423,6 +444,8 @@ def _finalize(best, cfg: TrainConfig) -> str:
     if os.path.exists(out):
         shutil.rmtree(out)
     os.replace(tmp, out)
+    if remote:
+        ckpt_io.upload(out, cfg.run.output)
     return out
 
 

@@ -1,0 +1,404 @@
+"""Evaluation on labelled Parquet, through the same Ray Data scoring path as `bertml score`.
+
+    data (text + labels) -> bertml.score.score (labels passed through) -> scored Parquet
+    -> probs [N, L] + targets -> scikit-learn metrics at the checkpoint's thresholds and at 0.5
+    -> report folder: metrics.json, per_label.csv, PNG plots, report.html     (bertml evaluate)
+    -> per-label thresholds tuned on the data -> a copy of the checkpoint     (bertml thresholds)
+
+Rows without text (status "empty") have no probabilities: they are counted and left out
+of every metric. Single-label checkpoints get accuracy, macro-F1 and a confusion matrix.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Literal, Union
+
+import numpy as np
+
+from bertml.config import ConfigError, ScoreConfig, opt, to_dict
+
+log = logging.getLogger("bertml.evaluate")
+
+EMPTY_STATUS = "empty"
+
+_H = {
+    "checkpoint": "A bertml checkpoint folder (from `bertml train` or `bertml thresholds`)",
+    "data": "Labelled Parquet: a file, folder, glob or list; local or s3://, gs://",
+    "text_column": "Column holding the text",
+    "labels_column": "Column holding the true labels: list<string>, a delimited string, or one string",
+    "label_delimiter": "Split a string labels column on this delimiter (e.g. '|')",
+    "id_column": "Id column shown beside the examples in the report (null: shard file and row number)",
+    "unknown_labels": "Labels in the data that the checkpoint does not know: fail, or ignore them (counted)",
+    "batch_size": "Rows per scoring batch handed to an actor",
+    "max_tokens": "Token budget per forward pass: rows x padded length (bigger on GPUs)",
+    "max_length": "Tokens per window; null uses the checkpoint's max_length",
+    "long_text": "Texts longer than max_length: truncate, or chunk into windows (max-pooled)",
+    "num_actors": "Scoring actors; null: one per GPU, or one on CPU",
+    "use_gpu": "One GPU per scoring actor: true, false, or auto",
+    "cpus_per_actor": "CPUs reserved per scoring actor (keep some free for reads/tokenization)",
+}
+
+
+@dataclass
+class EvalConfig:
+    """`bertml evaluate`: score labelled Parquet with a checkpoint and write a report folder."""
+
+    checkpoint: str = opt("", _H["checkpoint"])
+    data: Union[str, list[str]] = opt("", _H["data"])
+    report: str = opt("", "Report folder: metrics.json, per_label.csv, *.png, report.html, scored/ (replaced)")
+    text_column: str = opt("text", _H["text_column"])
+    labels_column: str = opt("labels", _H["labels_column"])
+    label_delimiter: Union[str, None] = opt(None, _H["label_delimiter"])
+    id_column: Union[str, None] = opt(None, _H["id_column"])
+    unknown_labels: Literal["fail", "ignore"] = opt("fail", _H["unknown_labels"])
+    max_plot_labels: int = opt(20, "Per-label plots show at most this many labels (the most frequent)")
+    batch_size: int = opt(256, _H["batch_size"])
+    max_tokens: int = opt(16384, _H["max_tokens"])
+    max_length: Union[int, None] = opt(None, _H["max_length"])
+    long_text: Literal["truncate", "chunk"] = opt("truncate", _H["long_text"])
+    num_actors: Union[int, None] = opt(None, _H["num_actors"])
+    use_gpu: Union[bool, Literal["auto"]] = opt("auto", _H["use_gpu"])
+    cpus_per_actor: float = opt(0.5, _H["cpus_per_actor"])
+
+    def __post_init__(self) -> None:
+        if not self.report:
+            raise ConfigError(f"report: expected an output folder, got {self.report!r}")
+        if self.max_plot_labels < 1:
+            raise ConfigError(f"max_plot_labels: expected an integer >= 1, got {self.max_plot_labels!r}")
+        _check_scoring(self)
+
+    def score_config(self) -> ScoreConfig:
+        return _score_config(self, os.path.join(self.report or ".", "scored"), overwrite=True)
+
+
+@dataclass
+class ThresholdsConfig:
+    """`bertml thresholds`: tune per-label thresholds on labelled Parquet; write a copy of the checkpoint."""
+
+    checkpoint: str = opt("", _H["checkpoint"] + "; never modified")
+    data: Union[str, list[str]] = opt("", _H["data"] + " (held-out data, not the training split)")
+    output: str = opt("", "New checkpoint folder: a copy of `checkpoint` with the tuned thresholds in bertml.json")
+    target_precision: Union[float, None] = opt(
+        None, "null: each label's threshold maximises its F1; a number: the lowest threshold reaching this precision"
+    )
+    overwrite: bool = opt(False, "Replace `output` if it exists")
+    scored: Union[str, None] = opt(
+        None, "Keep the scored Parquet here; re-runs with the same checkpoint and data reuse it (null: a temporary folder)"
+    )
+    text_column: str = opt("text", _H["text_column"])
+    labels_column: str = opt("labels", _H["labels_column"])
+    label_delimiter: Union[str, None] = opt(None, _H["label_delimiter"])
+    id_column: Union[str, None] = opt(None, _H["id_column"])
+    unknown_labels: Literal["fail", "ignore"] = opt("fail", _H["unknown_labels"])
+    batch_size: int = opt(256, _H["batch_size"])
+    max_tokens: int = opt(16384, _H["max_tokens"])
+    max_length: Union[int, None] = opt(None, _H["max_length"])
+    long_text: Literal["truncate", "chunk"] = opt("truncate", _H["long_text"])
+    num_actors: Union[int, None] = opt(None, _H["num_actors"])
+    use_gpu: Union[bool, Literal["auto"]] = opt("auto", _H["use_gpu"])
+    cpus_per_actor: float = opt(0.5, _H["cpus_per_actor"])
+
+    def __post_init__(self) -> None:
+        if not self.output:
+            raise ConfigError(f"output: expected a new checkpoint folder, got {self.output!r}")
+        if self.checkpoint and os.path.abspath(self.output) == os.path.abspath(self.checkpoint):
+            raise ConfigError(f"output: expected a folder other than the checkpoint, got {self.output!r}")
+        t = self.target_precision
+        if t is not None and not 0.0 < t <= 1.0:
+            raise ConfigError(f"target_precision: expected null or a number in (0, 1], got {t!r}")
+        _check_scoring(self)
+
+    def score_config(self, output: str) -> ScoreConfig:
+        return _score_config(self, output, overwrite=False)
+
+
+def _score_config(cfg, output: str, overwrite: bool) -> ScoreConfig:
+    """The `bertml score` config that scores `cfg.data`, carrying the labels column through."""
+    return ScoreConfig(
+        checkpoint=cfg.checkpoint, input=cfg.data, output=output, text_column=cfg.text_column,
+        id_column=cfg.id_column, passthrough=[cfg.labels_column], batch_size=cfg.batch_size,
+        max_tokens=cfg.max_tokens, max_length=cfg.max_length, long_text=cfg.long_text,
+        num_actors=cfg.num_actors, use_gpu=cfg.use_gpu, cpus_per_actor=cfg.cpus_per_actor,
+        overwrite=overwrite, resume=True,
+    )
+
+
+def _check_scoring(cfg) -> None:
+    """Validate the scoring knobs by building the ScoreConfig; name our keys in the message."""
+    try:
+        _score_config(cfg, "-", overwrite=False)
+    except ConfigError as e:
+        msg = str(e)
+        if msg.startswith("input:"):
+            msg = "data:" + msg[len("input:"):]
+        elif msg.startswith("passthrough:"):
+            msg = (f"labels_column: expected a column distinct from text_column/id_column and from the scored "
+                   f"output's columns (probs, tags, label, score, top_k, status), got {cfg.labels_column!r}")
+        raise ConfigError(msg) from None
+
+
+# ----------------------------------------------------------------------------- scoring
+
+
+@dataclass
+class Scored:
+    """Scored rows with text, their true labels, and what was left out."""
+
+    probs: np.ndarray  # [n, L] float32
+    targets: np.ndarray  # [n, L] multi-hot (multi-label) or [n] class ids (single-label)
+    keys: list[str]  # id (or shard:row) per row, for examples in the report
+    labels: list[str]  # checkpoint label order
+    multi_label: bool
+    rows: int  # all input rows
+    empty: int  # rows without text: no probabilities, excluded
+    unknown: dict[str, int]  # labels in the data the checkpoint doesn't know (unknown_labels=ignore)
+    unknown_rows: int  # single-label rows excluded because their label is unknown
+    status: dict[str, int]
+    checkpoint: str
+    fingerprint: str
+    thresholds: np.ndarray | None  # the checkpoint's, multi-label only
+    checkpoint_metrics: dict
+
+
+def score_labelled(score_cfg: ScoreConfig, labels_column: str, delimiter: str | None,
+                   unknown_labels: str = "fail") -> Scored:
+    """Score `score_cfg.input` with `bertml.score.score` and line the probabilities up with the true labels."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from bertml import checkpoint as ckpt_io
+    from bertml import shards as sh
+    from bertml.labels import LabelError, LabelSet, parse_cell
+    from bertml.output import OutputDir, output_name
+    from bertml.score import ROW_OUT, score
+
+    meta = ckpt_io.read_meta(score_cfg.checkpoint)
+    shards = sh.resolve(score_cfg.input, "data")
+    infos = sh.inspect_all(shards)
+    for info in infos:
+        if isinstance(info, sh.InputError):
+            raise info
+        sh.check_column(info, labels_column, "labels")
+    summary = score(score_cfg)
+    log.info("scored:\n%s", summary.format())
+
+    out = OutputDir(score_cfg.output)
+    tables = []
+    for shard, info in zip(shards, infos):
+        t = pq.read_table(out.path(output_name(shard.key)))
+        expected = info.num_rows
+        if t.num_rows != expected:  # e.g. a reused `scored` folder that holds another input's rows
+            raise sh.InputError(f"{out.path(output_name(shard.key))}: {t.num_rows} scored rows for {expected} input rows "
+                                f"in {shard.uri}; delete the scored folder {score_cfg.output} and re-run")
+        key_col = score_cfg.id_column or ROW_OUT
+        keys = [str(k) if score_cfg.id_column else f"{shard.key}:{k}" for k in t.column(key_col).to_pylist()]
+        tables.append(t.select(["probs", labels_column, "status"]).append_column("_key", pa.array(keys, pa.string())))
+    table = pa.concat_tables(tables, promote_options="permissive") if tables else None
+    if table is None or table.num_rows == 0:
+        raise sh.InputError(f"data {score_cfg.input}: no rows to evaluate")
+    status = {d["values"]: d["counts"] for d in pc.value_counts(table.column("status")).to_pylist()}
+    has_probs = table.column("probs").is_valid()
+    n_rows, n_empty = table.num_rows, table.num_rows - int(pc.sum(has_probs).as_py() or 0)
+    table = table.filter(has_probs)
+
+    names = list(meta.labels)
+    known = set(names)
+    unknown: dict[str, int] = {}
+    try:
+        cells = [parse_cell(c, delimiter) for c in table.column(labels_column).to_pylist()]
+    except LabelError as e:
+        raise sh.InputError(f"data {score_cfg.input}: column {labels_column!r}: {e}") from None
+    if unknown_labels == "ignore":
+        for c in cells:
+            for n in c:
+                if n not in known:
+                    unknown[n] = unknown.get(n, 0) + 1
+        cells = [[n for n in c if n in known] for c in cells]
+    keep = np.ones(len(cells), dtype=bool)
+    if not meta.multi_label and unknown_labels == "ignore":
+        keep = np.array([len(c) > 0 for c in cells], dtype=bool) if cells else keep
+        cells = [c for c, k in zip(cells, keep) if k]
+    try:
+        targets = LabelSet(tuple(names), meta.multi_label).encode(cells, None)
+    except LabelError as e:
+        hint = " (or set unknown_labels=ignore)" if "not in the label set" in str(e) else ""
+        raise sh.InputError(f"data {score_cfg.input}: column {labels_column!r}: {e}; the checkpoint knows "
+                            f"{names[:10]}{hint}") from None
+    table = table.filter(pa.array(keep))
+    n = table.num_rows
+    flat = pc.list_flatten(table.column("probs")).to_numpy(zero_copy_only=False)
+    probs = flat.reshape(n, len(names)).astype(np.float32) if n else np.zeros((0, len(names)), np.float32)
+    return Scored(
+        probs=probs, targets=targets, keys=table.column("_key").to_pylist(), labels=names,
+        multi_label=meta.multi_label, rows=n_rows, empty=n_empty, unknown=unknown,
+        unknown_rows=int((~keep).sum()), status=status, checkpoint=os.path.abspath(score_cfg.checkpoint),
+        fingerprint=ckpt_io.fingerprint(score_cfg.checkpoint),
+        thresholds=np.asarray(meta.thresholds, dtype=np.float64) if meta.multi_label else None,
+        checkpoint_metrics=meta.metrics,
+    )
+
+
+# ----------------------------------------------------------------------------- evaluate
+
+
+def evaluate_checkpoint(cfg: EvalConfig) -> dict:
+    """Score `cfg.data`, compute every metric, write the report folder. Returns metrics.json's content."""
+    from bertml import metrics
+    from bertml.report import write_report
+    from bertml.shards import InputError
+
+    t0 = time.perf_counter()
+    s = score_labelled(cfg.score_config(), cfg.labels_column, cfg.label_delimiter, cfg.unknown_labels)
+    if not len(s.probs):
+        raise InputError(f"data {cfg.data}: all {s.rows} rows are empty (no text); nothing to evaluate")
+    out: dict = {
+        "checkpoint": s.checkpoint, "fingerprint": s.fingerprint, "data": cfg.data,
+        "problem_type": "multi_label" if s.multi_label else "single_label", "labels": s.labels,
+        "rows": {"total": s.rows, "evaluated": int(len(s.probs)), "excluded_empty": s.empty,
+                 "excluded_unknown_label": s.unknown_rows, "status": s.status},
+        "excluded": f"{s.empty} row(s) with status 'empty' (no text) have no probabilities and are left out of "
+                    "every metric" + (f"; {s.unknown_rows} row(s) whose label the checkpoint does not know too"
+                                      if s.unknown_rows else ""),
+        "unknown_labels_ignored": s.unknown,
+    }
+    if s.multi_label:
+        tuned = metrics.evaluate(s.probs, s.targets, s.labels, s.thresholds, True)
+        at05 = metrics.evaluate(s.probs, s.targets, s.labels, None, True)
+        source = s.checkpoint_metrics.get("thresholds", {}).get("source") or \
+            "bertml train: tuned per label on the validation split"
+        out.update(thresholds={"source": source, "values": dict(zip(s.labels, map(float, s.thresholds)))},
+                   tuned=_averages(tuned), **{"at_0.5": _averages(at05)})
+        per_label = {"tuned": tuned["per_label"], "at_0.5": at05["per_label"]}
+    else:
+        m = metrics.evaluate(s.probs, s.targets, s.labels, None, False)
+        out.update(argmax=_averages(m))
+        per_label = {"argmax": m["per_label"]}
+    out["config"] = to_dict(cfg)
+    out["seconds"] = round(time.perf_counter() - t0, 1)
+    write_report(cfg.report, out, per_label, s, max_plot_labels=cfg.max_plot_labels)
+    return out
+
+
+def _averages(m: dict) -> dict:
+    return {k: v for k, v in m.items() if k != "per_label"}
+
+
+def format_metrics(m: dict) -> str:
+    """A few lines for the terminal."""
+    rows = m["rows"]
+    lines = [f"evaluated {rows['evaluated']} of {rows['total']} rows ({rows['excluded_empty']} empty, excluded)"]
+    keys = ("micro_f1", "macro_f1", "weighted_f1", "samples_f1", "subset_accuracy", "hamming_loss",
+            "micro_roc_auc", "macro_average_precision")
+    if m["problem_type"] == "multi_label":
+        lines.append(f"{'metric':<24} {'tuned':>8} {'at 0.5':>8}")
+        for k in keys:
+            if k in m["tuned"]:
+                lines.append(f"{k:<24} {m['tuned'][k]:>8.4f} {m['at_0.5'][k]:>8.4f}")
+    else:
+        for k in ("accuracy", "macro_f1", "weighted_f1", "macro_roc_auc"):
+            if k in m["argmax"]:
+                lines.append(f"{k:<24} {m['argmax'][k]:>8.4f}")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- thresholds
+
+
+def tune_checkpoint(cfg: ThresholdsConfig) -> dict:
+    """Tune per-label thresholds on `cfg.data`; write a copy of the checkpoint with them. Returns the record."""
+    from bertml import checkpoint as ckpt_io
+    from bertml import metrics
+
+    meta = ckpt_io.read_meta(cfg.checkpoint)
+    if not meta.multi_label:
+        raise ckpt_io.CheckpointError(f"checkpoint {cfg.checkpoint}: single_label checkpoints predict the argmax; "
+                                      "there are no thresholds to tune")
+    out_abs = os.path.abspath(cfg.output)
+    if os.path.exists(out_abs) and os.listdir(out_abs) and not cfg.overwrite:  # fail before scoring
+        raise ckpt_io.CheckpointError(f"output {cfg.output} already exists and is not empty; "
+                                      "choose a new folder or set overwrite=true")
+    scored_dir = cfg.scored or tempfile.mkdtemp(prefix="bertml-thresholds-")
+    try:
+        s = score_labelled(cfg.score_config(scored_dir), cfg.labels_column, cfg.label_delimiter, cfg.unknown_labels)
+    finally:
+        if not cfg.scored:
+            shutil.rmtree(scored_dir, ignore_errors=True)
+    if not len(s.probs):
+        raise ValueError(f"data {cfg.data}: no rows with text; nothing to tune on")
+    new, info = metrics.tune_thresholds(s.probs, s.targets, cfg.target_precision)
+    old_m = metrics.evaluate(s.probs, s.targets, s.labels, s.thresholds, True)
+    new_m = metrics.evaluate(s.probs, s.targets, s.labels, new, True)
+    per_label = {}
+    for j, name in enumerate(s.labels):
+        o, n = old_m["per_label"][name], new_m["per_label"][name]
+        per_label[name] = {"support": n["support"], "old_threshold": float(s.thresholds[j]), "new_threshold": float(new[j]),
+                           "old_f1": o["f1"], "new_f1": n["f1"], "old_precision": o["precision"],
+                           "new_precision": n["precision"], "new_recall": n["recall"]}
+    record = {
+        "source": f"bertml thresholds on {cfg.data}" + (
+            f" (lowest threshold with precision >= {cfg.target_precision})" if cfg.target_precision is not None
+            else " (max F1 per label)"),
+        "mode": "target_precision" if cfg.target_precision is not None else "max_f1",
+        "target_precision": cfg.target_precision, "data": cfg.data,
+        "from_checkpoint": s.checkpoint, "from_fingerprint": s.fingerprint,
+        "rows": int(len(s.probs)), "excluded_empty": s.empty,
+        "fallback_labels": [s.labels[j] for j in info["fallback_labels"]],
+        "precision_unreached": [s.labels[j] for j in info["precision_unreached"]],
+        "global_threshold": info["global_threshold"],
+        "micro_f1": {"old": old_m["micro_f1"], "new": new_m["micro_f1"]},
+        "macro_f1": {"old": old_m["macro_f1"], "new": new_m["macro_f1"]},
+        "per_label": per_label, "tuned_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "config": to_dict(cfg),
+    }
+    ckpt_io.copy_with_thresholds(cfg.checkpoint, cfg.output, new, record, overwrite=cfg.overwrite)
+    return record
+
+
+def format_thresholds(record: dict) -> str:
+    """Old vs new threshold and F1 per label, measured on the tuning data."""
+    rows = record["per_label"]
+    width = max([5, *(len(n) for n in rows)])
+    lines = [f"thresholds tuned on {record['rows']} rows: {record['source']}",
+             f"{'label':<{width}} {'support':>7} {'old_thr':>8} {'new_thr':>8} {'old_f1':>7} {'new_f1':>7} {'new_prec':>8}"]
+    for name, r in rows.items():
+        lines.append(f"{name:<{width}} {r['support']:>7d} {r['old_threshold']:>8.3f} {r['new_threshold']:>8.3f} "
+                     f"{r['old_f1']:>7.3f} {r['new_f1']:>7.3f} {r['new_precision']:>8.3f}")
+    lines.append(f"{'micro':<{width}} {'':>7} {'':>8} {'':>8} {record['micro_f1']['old']:>7.3f} "
+                 f"{record['micro_f1']['new']:>7.3f}")
+    lines.append(f"{'macro':<{width}} {'':>7} {'':>8} {'':>8} {record['macro_f1']['old']:>7.3f} "
+                 f"{record['macro_f1']['new']:>7.3f}")
+    for key, what in (("fallback_labels", "no positives or no negatives: global threshold"),
+                      ("precision_unreached", "target precision unreachable: max-F1 threshold")):
+        if record[key]:
+            lines.append(f"{what}: {', '.join(record[key])}")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def run_evaluate(cfg: EvalConfig) -> int:
+    m = evaluate_checkpoint(cfg)
+    print(format_metrics(m))
+    print(f"report: {os.path.join(os.path.abspath(cfg.report), 'report.html')}")
+    return 0
+
+
+def run_thresholds(cfg: ThresholdsConfig) -> int:
+    record = tune_checkpoint(cfg)
+    print(format_thresholds(record))
+    print(f"checkpoint with new thresholds: {os.path.abspath(cfg.output)} (original unchanged: {cfg.checkpoint})")
+    return 0
+
+
+# Registered by bertml.cli: name -> (config class, run function, one-line summary).
+EVAL_COMMANDS = {
+    "evaluate": (EvalConfig, run_evaluate, "score labelled Parquet and write a metrics + plots report (Ray Data)"),
+    "thresholds": (ThresholdsConfig, run_thresholds, "tune per-label thresholds on labelled data; write a checkpoint copy"),
+}

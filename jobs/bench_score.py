@@ -1,0 +1,294 @@
+"""Scoring benchmark (issue 4): bertml vs a naive `transformers.pipeline`, side by side.
+
+    .venv/bin/python jobs/bench_score.py                       # ~5-8 min on 2 CPU cores
+    .venv/bin/python jobs/bench_score.py --rows 200 --pipeline-rows 64   # quick look
+    .venv/bin/python jobs/bench_score.py --gpu-report --peak-flops 989e12  # on a GPU box
+
+Model: MiniLM-L6 (the packaged all-MiniLM-L6-v2) with a fresh 10-label multi-label head,
+thresholds 0.5, max_length 256 (flag), saved as a bertml checkpoint in a temp folder.
+Corpus: length-skewed English cut from the BBC articles (80% 10-40 words, 20% 200-600
+words; seeded), written as Parquet shards with an `id` column.
+
+Paths timed, all on the same texts:
+  (a) hf pipeline       transformers.pipeline("text-classification", top_k=None), batch 32,
+                        on the first --pipeline-rows rows of the corpus (it is slow)
+  (c) Scorer alone      bertml.scorer.Scorer called in-process on pre-tokenized Arrow
+                        batches (--batch-size rows each), no Ray: the in-actor speed
+  (b) bertml.score      end to end through Ray Data (read -> tokenize -> Scorer actor ->
+                        Parquet commit) on N and 10*N rows. Ray is started by a warm-up
+                        run on a tiny shard set (reported as cold). Every score() call
+                        starts its own actor (import torch + load the model), so:
+                        "incl. actor start" = rows / wall time of the call;
+                        "warm" = marginal rate 9N / (T(10N) - T(N)): the fixed per-call
+                        cost cancels; this is the number in speedup_vs_hf_pipeline.
+Memory: peak summed PSS of the whole process tree (driver + this Ray session's raylet,
+gcs and workers), sampled every 0.5 s during the N and 10*N runs; must stay flat.
+GPU section (with CUDA or --gpu-report): BERT-base (BertConfig() defaults, random init),
+seq 128, bf16, through the Scorer; MFU = achieved forward FLOPs / --peak-flops.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_common as bc  # noqa: E402
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--rows", type=int, default=600, help="N: corpus rows for the Ray run (10*N for the memory check)")
+    p.add_argument("--pipeline-rows", type=int, default=256, help="rows timed through the hf pipeline (a prefix of the corpus)")
+    p.add_argument("--max-length", type=int, default=256, help="tokens per text (checkpoint max_length)")
+    p.add_argument("--long-frac", type=float, default=0.2, help="fraction of long (200-600 word) texts")
+    p.add_argument("--rows-per-shard", type=int, default=200, help="rows per input Parquet shard")
+    p.add_argument("--batch-size", type=int, default=256, help="ScoreConfig.batch_size (rows per Scorer call)")
+    p.add_argument("--max-tokens", type=int, default=16384, help="ScoreConfig.max_tokens (token budget per forward pass)")
+    p.add_argument("--warmup-rows", type=int, default=32, help="rows of the Ray warm-up (cold) run")
+    p.add_argument("--no-10x", action="store_true", help="skip the 10*N run (no memory ratio, no warm rate)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workdir", default=None, help="keep checkpoint/corpus/outputs here (default: a temp folder, deleted)")
+    p.add_argument("--gpu-report", action="store_true", help="run the GPU section (skipped without CUDA)")
+    p.add_argument("--peak-flops", type=float, default=989e12, help="accelerator peak FLOP/s for MFU (H100 bf16 dense)")
+    p.add_argument("--gpu-rows", type=int, default=65536, help="GPU section: rows scored")
+    p.add_argument("--gpu-batch", type=int, default=4096, help="GPU section: rows per Scorer call")
+    p.add_argument("--gpu-max-tokens", type=int, default=131072, help="GPU section: Scorer token budget per pass")
+    p.add_argument("--gpu-seq", type=int, default=128, help="GPU section: tokens per row")
+    return p.parse_args(argv)
+
+
+# ----------------------------------------------------------------------------- pieces
+
+
+def token_lengths(tokenizer, texts: list[str], max_length: int) -> np.ndarray:
+    enc = tokenizer(texts, truncation=True, max_length=max_length, return_attention_mask=False,
+                    return_token_type_ids=False)
+    return np.array([len(x) for x in enc["input_ids"]], dtype=np.int64)
+
+
+def time_pipeline(ckpt: str, texts: list[str], max_length: int, batch: int = 32) -> float:
+    """Seconds for the naive hf pipeline over `texts` (after a 2-row warm-up)."""
+    from transformers import pipeline
+
+    pipe = pipeline("text-classification", model=ckpt, top_k=None, device=-1, truncation=True, max_length=max_length)
+    pipe(texts[:2], batch_size=2)
+    t0 = time.perf_counter()
+    out = pipe(texts, batch_size=batch)
+    seconds = time.perf_counter() - t0
+    assert len(out) == len(texts) and len(out[0]) == 10, "pipeline returned an unexpected shape"
+    del pipe
+    gc.collect()
+    return seconds
+
+
+def pretokenize(ckpt: str, texts: list[str], max_length: int, batch_rows: int):
+    """Arrow batches as the Scorer receives them in Ray (id, input_ids, status); and seconds taken."""
+    import pyarrow as pa
+
+    from bertml.model import load_tokenizer
+    from bertml.tokenization import encode_batch
+
+    tok = load_tokenizer(ckpt)
+    batches, t0 = [], time.perf_counter()
+    for start in range(0, len(texts), batch_rows):
+        part = texts[start : start + batch_rows]
+        ids, status = encode_batch(tok, part, max_length)
+        batches.append(pa.table({"id": pa.array(range(start, start + len(part))), "input_ids": ids,
+                                 "status": pa.array(status, pa.string())}))
+    return batches, time.perf_counter() - t0
+
+
+def time_scorer(scorer, batches) -> float:
+    scorer(batches[0].slice(0, 4))  # warm-up
+    t0 = time.perf_counter()
+    n = sum(scorer(b).num_rows for b in batches)
+    seconds = time.perf_counter() - t0
+    assert n == sum(b.num_rows for b in batches)
+    return seconds
+
+
+def run_score(ckpt: str, data: str, out: str, args) -> tuple[float, bc.MemoryPeak, object]:
+    """One bertml.score.score() call: wall seconds, peak tree memory, summary."""
+    from bertml.config import ScoreConfig
+    from bertml.score import score
+
+    cfg = ScoreConfig(checkpoint=ckpt, input=data, output=out, overwrite=True,
+                      batch_size=args.batch_size, max_tokens=args.max_tokens)
+    with bc.TreeMemory() as mem, bc.Timer() as t:
+        summary = score(cfg)
+    return t.seconds, mem.peak, summary
+
+
+# ----------------------------------------------------------------------------- GPU
+
+
+def gpu_section(args, work: str, encoder: str) -> list[str]:
+    """BERT-base (random init) at seq `--gpu-seq` in bf16 through the Scorer: rows/s and MFU."""
+    import pyarrow as pa
+    import torch
+    from transformers import BertConfig
+
+    from bertml.scorer import Scorer
+
+    if not torch.cuda.is_available():
+        return ["GPU section skipped: CUDA is not available on this machine."]
+    ckpt = bc.random_bert_checkpoint(os.path.join(work, "bert_base"), encoder, 10, args.gpu_seq)
+    scorer = Scorer(ckpt, max_tokens=args.gpu_max_tokens, precision="bf16")
+    seq, rows = args.gpu_seq, args.gpu_rows
+    rng = np.random.default_rng(args.seed)
+    ids = rng.integers(1000, 30000, size=(args.gpu_batch, seq), dtype=np.int32)
+    ids[:, 0], ids[:, -1] = 101, 102  # [CLS] ... [SEP]
+    offsets = np.arange(args.gpu_batch + 1, dtype=np.int32)
+    windows = pa.ListArray.from_arrays(pa.array(offsets * seq), pa.array(ids.ravel()))
+    batch = pa.table({"input_ids": pa.ListArray.from_arrays(pa.array(offsets), windows),
+                      "status": pa.array(["ok"] * args.gpu_batch)})
+    for _ in range(3):
+        scorer(batch)
+    torch.cuda.synchronize()
+    n_batches = max(1, rows // args.gpu_batch)
+    t0 = time.perf_counter()
+    for _ in range(n_batches):
+        scorer(batch)
+    torch.cuda.synchronize()
+    seconds = time.perf_counter() - t0
+    rps = n_batches * args.gpu_batch / seconds
+    flops = bc.forward_flops(BertConfig(), [seq])
+    mfu = rps * flops / args.peak_flops
+    header = ["GPU: BERT-base fwd, Scorer", "rows", "seq", "rows/s", "TFLOP/s", "MFU"]
+    row = [f"{torch.cuda.get_device_name(0)} bf16", str(n_batches * args.gpu_batch), str(seq), f"{rps:.0f}",
+           f"{rps * flops / 1e12:.1f}", f"{100 * mfu:.1f}%"]
+    return [bc.table([row], header), f"(MFU = rows/s x {flops / 1e9:.2f} GFLOP/row / peak {args.peak_flops:.3g} FLOP/s; "
+            f"max_tokens {args.gpu_max_tokens}, {args.gpu_batch} rows per call)"]
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    bc.quiet()
+    import ray.data
+
+    from bertml.demo import resolve_model
+    from bertml.model import load_tokenizer
+    from bertml.runtime import init_ray
+    from bertml.scorer import Scorer
+
+    work = args.workdir or tempfile.mkdtemp(prefix="bench_score_")
+    os.makedirs(work, exist_ok=True)
+    print(f"machine: {bc.machine()}")
+    print(f"start:   {bc.load_line()}")
+    encoder = resolve_model("minilm")
+    ckpt = bc.pretrained_checkpoint(os.path.join(work, "ckpt"), encoder, 10, args.max_length)
+
+    n, n10 = args.rows, 10 * args.rows
+    texts = bc.skewed_texts(n10, args.seed, args.long_frac)
+    sets = {"warmup": texts[: args.warmup_rows], "n": texts[:n], "n10": texts}
+    for name, rows in sets.items():
+        bc.write_shards(rows, os.path.join(work, "data", name), args.rows_per_shard)
+    tok = load_tokenizer(ckpt)
+    lengths = token_lengths(tok, texts, args.max_length)
+    from transformers import AutoConfig
+
+    hf_cfg = AutoConfig.from_pretrained(ckpt)
+    print(f"corpus:  {n10} rows, {args.long_frac:.0%} long; tokens/row mean {lengths[:n].mean():.0f}, "
+          f"median {np.median(lengths[:n]):.0f}, {np.mean(lengths[:n] >= args.max_length):.0%} truncated at "
+          f"{args.max_length}; checkpoint MiniLM-L6 + 10-label head at {ckpt}")
+
+    # (b) bertml.score through Ray Data: cold warm-up, then N and 10N.
+    init_t0 = time.perf_counter()
+    init_ray()
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    cold_s, _, _ = run_score(ckpt, os.path.join(work, "data", "warmup"), os.path.join(work, "out", "warmup"), args)
+    cold_total = time.perf_counter() - init_t0
+    t_n, mem_n, sum_n = run_score(ckpt, os.path.join(work, "data", "n"), os.path.join(work, "out", "n"), args)
+    assert sum_n.rows == n, sum_n.format()
+    t_n10 = mem_n10 = None
+    if not args.no_10x:
+        t_n10, mem_n10, sum_n10 = run_score(ckpt, os.path.join(work, "data", "n10"), os.path.join(work, "out", "n10"), args)
+        assert sum_n10.rows == n10, sum_n10.format()
+    ray.shutdown()
+    print(f"ray:     {bc.load_line()}")
+
+    # (a) hf pipeline and (c) Scorer alone, in this process, on the same texts.
+    sub = texts[: args.pipeline_rows]
+    t_pipe = time_pipeline(ckpt, sub, args.max_length)
+    sub_batches, _ = pretokenize(ckpt, sub, args.max_length, args.batch_size)
+    n_batches, t_tok = pretokenize(ckpt, texts[:n], args.max_length, args.batch_size)
+    scorer = Scorer(ckpt, max_tokens=args.max_tokens, torch_threads=os.cpu_count())
+    t_sc_sub = time_scorer(scorer, sub_batches)
+    t_sc_n = time_scorer(scorer, n_batches)
+    del scorer
+    print(f"end:     {bc.load_line()}")
+
+    # FLOPs: useful = every row at its own length; executed = what the padded batches compute.
+    ls, ln = lengths[: len(sub)], lengths[:n]
+    useful_sub, useful_n = bc.forward_flops(hf_cfg, ls), bc.forward_flops(hf_cfg, ln)
+    pipe_exec = sum(bc.forward_flops(hf_cfg, ls[i : i + 32], padded=int(ls[i : i + 32].max())) for i in range(0, len(ls), 32))
+    sc_exec_sub = bc.packed_flops(hf_cfg, ls, args.batch_size, args.max_tokens)
+    sc_exec_n = bc.packed_flops(hf_cfg, ln, args.batch_size, args.max_tokens)
+
+    pipe_rps = len(sub) / t_pipe
+    rows = []
+
+    def add(path: str, n_rows: int, seconds: float, useful: float | None = None, executed: float | None = None):
+        rps = n_rows / seconds
+        rows.append([path, str(n_rows), f"{seconds:.1f}", f"{rps:.1f}", f"{rps / pipe_rps:.2f}x",
+                     f"{useful / seconds / 1e9:.1f}" if useful else "-",
+                     f"{executed / useful:.2f}" if useful and executed else "-"])
+        return rps
+
+    add("(a) hf pipeline, batch 32", len(sub), t_pipe, useful_sub, pipe_exec)
+    add("(c) Scorer alone, same rows", len(sub), t_sc_sub, useful_sub, sc_exec_sub)
+    add("(c) Scorer alone, N rows", n, t_sc_n, useful_n, sc_exec_n)
+    add("    tokenize alone (encode_batch), N rows", n, t_tok)
+    add("(b) bertml.score, N, incl. actor start", n, t_n)
+    warm_rps = None
+    if t_n10 is not None:
+        add("(b) bertml.score, 10N, incl. actor start", n10, t_n10)
+        warm_rps = add("(b) bertml.score warm: 9N/(T10N-TN)", n10 - n, t_n10 - t_n)
+    header = ["path (MiniLM-L6, max_length %d, fp32, %d threads)" % (args.max_length, os.cpu_count()),
+              "rows", "s", "rows/s", "vs pipeline", "useful GFLOP/s", "exec/useful"]
+
+    print()
+    print(bc.table(rows, header))
+    print(f"cold: Ray start + first score() on {args.warmup_rows} rows = {cold_total:.1f} s (score() alone {cold_s:.1f} s)")
+    if warm_rps:
+        print(f"fixed cost per score() call (actor start, model load, planning) ~ {t_n - n / warm_rps:.1f} s")
+    print()
+    mem_rows = [["N", str(n), bc.gib(mem_n.pss), bc.gib(mem_n.rss), str(mem_n.procs), "1.00"]]
+    if mem_n10 is not None:
+        mem_rows.append(["10N", str(n10), bc.gib(mem_n10.pss), bc.gib(mem_n10.rss), str(mem_n10.procs),
+                         f"{mem_n10.pss / mem_n.pss:.2f}"])
+    print(bc.table(mem_rows, ["bertml.score run", "rows", "peak PSS (tree)", "RSS then", "procs", "PSS ratio"]))
+    if mem_n10 is not None:
+        ratio = mem_n10.pss / mem_n.pss
+        print(f"memory_ratio_10n_vs_n={ratio:.2f} ({'flat, <= 1.2' if ratio <= 1.2 else 'NOT flat, > 1.2'})")
+    print()
+    if args.gpu_report or _cuda():
+        print("\n".join(gpu_section(args, work, encoder)))
+    else:
+        print("GPU section skipped: CUDA is not available (pass --gpu-report on a GPU machine).")
+    if not args.workdir:
+        shutil.rmtree(work, ignore_errors=True)
+    headline = warm_rps if warm_rps else n / t_n
+    print(f"speedup_vs_hf_pipeline={headline / pipe_rps:.2f}")
+    return 0
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

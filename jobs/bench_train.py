@@ -1,0 +1,222 @@
+"""Training benchmark (issue 3): samples/s with 1 vs 2 Ray Train workers, side by side.
+
+    .venv/bin/python jobs/bench_train.py                      # ~5-7 min on 2 CPU cores
+    .venv/bin/python jobs/bench_train.py --n-docs 200         # quicker, noisier
+    .venv/bin/python jobs/bench_train.py --gpu-report --peak-flops 989e12   # on a GPU box
+
+CPU part: `bertml.train.train` fine-tunes MiniLM-L6 (the packaged all-MiniLM-L6-v2,
+6 layers, hidden 384) on the BBC multi-label corpus (`bertml.corpus.build_bbc_multilabel`,
+--n-docs documents split 70/15/15, 40-word snippets), max_length 128, the same
+per-worker batch for both runs (so 2 workers step on a 2x global batch: data-parallel
+weak scaling), CPU only. samples_per_s is what the training loop reports per epoch
+(all ranks' samples / the epoch's train time, validation excluded); epochs >= 2 are
+averaged so warm-up (first-batch allocation, Ray Data start) is left out.
+
+GPU part (with CUDA or --gpu-report): BERT-base (BertConfig() defaults, random init)
+at seq 128 in bf16 on one GPU: (1) `bertml.train.train`, one Ray Train GPU worker, on
+BBC documents long enough that every row is truncated to 128 tokens; (2) the library's
+`optimizer_step` in a plain loop on pre-tokenized tensors (no Ray, no tokenizer): the
+model's ceiling. MFU = samples/s x 3 x forward FLOPs per row / --peak-flops.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_common as bc  # noqa: E402
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--workers", default="1,2", help="Ray Train worker counts to compare (the first is the baseline)")
+    p.add_argument("--n-docs", type=int, default=360, help="BBC documents (70%% train, 15%% validation)")
+    p.add_argument("--snippet-words", type=int, default=40, help="words per article in a document")
+    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--epochs", type=int, default=2, help=">= 2; epochs >= 2 are averaged")
+    p.add_argument("--batch-size", type=int, default=16, help="rows per worker per step")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workdir", default=None, help="keep corpus/runs here (default: a temp folder, deleted)")
+    p.add_argument("--gpu-report", action="store_true", help="run the GPU section (skipped without CUDA)")
+    p.add_argument("--peak-flops", type=float, default=989e12, help="accelerator peak FLOP/s for MFU (H100 bf16 dense)")
+    p.add_argument("--gpu-docs", type=int, default=12000, help="GPU section: BBC documents for bertml.train")
+    p.add_argument("--gpu-batch", type=int, default=64, help="GPU section: rows per step")
+    p.add_argument("--gpu-steps", type=int, default=50, help="GPU section: timed steps of the plain loop")
+    a = p.parse_args(argv)
+    if a.epochs < 2:
+        p.error("--epochs must be >= 2 (epoch 1 is warm-up)")
+    return a
+
+
+def train_config(work: str, data: str, model: str, tag: str, *, workers: int, use_gpu: bool, max_length: int,
+                 epochs: int, batch: int, seed: int, precision: str = "auto"):
+    from bertml.config import TrainConfig, from_dict
+
+    return from_dict(TrainConfig, {
+        "data": {"train": os.path.join(data, "train"), "validation": os.path.join(data, "validation")},
+        "model": {"name": model, "max_length": max_length},
+        "optim": {"epochs": epochs, "batch_size": batch, "lr": 1e-4, "seed": seed, "precision": precision},
+        "scaling": {"num_workers": workers, "use_gpu": use_gpu},
+        "run": {"name": f"bench-{tag}", "storage_path": os.path.join(work, f"runs-{tag}"),
+                "output": os.path.join(work, f"model-{tag}"), "keep_checkpoints": 1, "max_failures": 0},
+    })
+
+
+def steady(history: list[dict]) -> float:
+    """Mean samples_per_s over epochs >= 2."""
+    return float(np.mean([h["samples_per_s"] for h in history if h["epoch"] >= 2]))
+
+
+def mean_tokens(model: str, folder: str, max_length: int) -> float:
+    import pyarrow.parquet as pq
+
+    from bertml.model import load_tokenizer
+
+    texts = pq.read_table(folder, columns=["text"]).column("text").to_pylist()
+    enc = load_tokenizer(model)(texts, truncation=True, max_length=max_length, return_attention_mask=False,
+                                return_token_type_ids=False)
+    return float(np.mean([len(x) for x in enc["input_ids"]]))
+
+
+# ----------------------------------------------------------------------------- GPU
+
+
+def gpu_section(args, work: str, encoder: str) -> list[str]:
+    import torch
+    from transformers import BertConfig
+
+    if not torch.cuda.is_available():
+        return ["GPU section skipped: CUDA is not available on this machine."]
+    from bertml.corpus import build_bbc_multilabel
+    from bertml.train import train
+
+    seq = 128
+    base = bc.random_bert_encoder(os.path.join(work, "bert_base"), encoder)
+    data = os.path.join(work, "data_gpu")
+    # 3 articles x 150 words: every document is well past 128 tokens, so every batch is [B, 128].
+    build_bbc_multilabel(data, seed=args.seed, n_docs=args.gpu_docs, snippet_words=150, shard_rows=2000)
+    fwd = bc.forward_flops(BertConfig(), [seq])
+    rows, header = [], ["GPU: BERT-base train, bf16, seq 128", "batch", "samples/s", "TFLOP/s", "MFU"]
+
+    cfg = train_config(work, data, base, "gpu", workers=1, use_gpu=True, max_length=seq, epochs=2,
+                       batch=args.gpu_batch, seed=args.seed, precision="bf16")
+    res = train(cfg)
+    sps = steady(res.history)
+    rows.append([f"bertml.train, 1 Ray Train worker ({torch.cuda.get_device_name(0)})", str(args.gpu_batch),
+                 f"{sps:.0f}", f"{sps * 3 * fwd / 1e12:.1f}", f"{100 * sps * 3 * fwd / args.peak_flops:.1f}%"])
+
+    sps_loop = plain_loop(base, seq, args)
+    rows.append(["optimizer_step loop, pre-tokenized, no Ray", str(args.gpu_batch), f"{sps_loop:.0f}",
+                 f"{sps_loop * 3 * fwd / 1e12:.1f}", f"{100 * sps_loop * 3 * fwd / args.peak_flops:.1f}%"])
+    return [bc.table(rows, header),
+            f"(MFU = samples/s x 3 x {fwd / 1e9:.2f} GFLOP fwd/row / peak {args.peak_flops:.3g} FLOP/s)"]
+
+
+def plain_loop(model_dir: str, seq: int, args) -> float:
+    """samples/s of bertml.train.optimizer_step on fixed GPU tensors (bf16 autocast)."""
+    import torch
+
+    from bertml.model import build_model, device_autocast
+    from bertml.train import make_optimizer, make_scheduler, optimizer_step
+
+    labels = bc.label_set(10)
+    dev = torch.device("cuda")
+    model = build_model(model_dir, labels).to(dev).train()
+    opt = make_optimizer(model, 1e-4, 0.01)
+    sched = make_scheduler(opt, 10 * args.gpu_steps, 0.1)
+    autocast, _ = device_autocast(dev, "bf16")
+    g = torch.Generator(device="cpu").manual_seed(args.seed)
+    mb = {"input_ids": torch.randint(1000, 30000, (args.gpu_batch, seq), generator=g).to(dev),
+          "attention_mask": torch.ones(args.gpu_batch, seq, dtype=torch.long, device=dev),
+          "targets": (torch.rand(args.gpu_batch, 10, generator=g) < 0.3).float().to(dev)}
+    for _ in range(5):
+        optimizer_step(model, [mb], opt, sched, multi_label=True, autocast=autocast, max_grad_norm=1.0)
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(args.gpu_steps):
+        optimizer_step(model, [mb], opt, sched, multi_label=True, autocast=autocast, max_grad_norm=1.0)
+    torch.cuda.synchronize()
+    return args.gpu_steps * args.gpu_batch / (time.perf_counter() - t0)
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    bc.quiet()
+    import ray.data
+    from transformers import AutoConfig
+
+    from bertml.corpus import build_bbc_multilabel
+    from bertml.demo import resolve_model
+    from bertml.runtime import init_ray
+    from bertml.train import _worker_cpus, train
+
+    work = args.workdir or tempfile.mkdtemp(prefix="bench_train_")
+    os.makedirs(work, exist_ok=True)
+    print(f"machine: {bc.machine()}")
+    print(f"start:   {bc.load_line()}")
+    encoder = resolve_model("minilm")
+    data = os.path.join(work, "data")
+    corpus = build_bbc_multilabel(data, seed=args.seed, n_docs=args.n_docs, snippet_words=args.snippet_words)
+    toks = mean_tokens(encoder, os.path.join(data, "train"), args.max_length)
+    fwd_row = bc.forward_flops(AutoConfig.from_pretrained(encoder), [toks])
+    print(f"data:    BBC multi-label, {corpus['rows']['train']} train / {corpus['rows']['validation']} validation rows, "
+          f"{len(corpus['labels'])} labels, {toks:.0f} tokens/row (max_length {args.max_length}); "
+          f"model MiniLM-L6 (all-MiniLM-L6-v2)")
+    init_ray()
+    ray.data.DataContext.get_current().enable_progress_bars = False
+
+    results = []
+    for w in (int(x) for x in args.workers.split(",")):
+        cfg = train_config(work, data, encoder, f"{w}w", workers=w, use_gpu=False, max_length=args.max_length,
+                           epochs=args.epochs, batch=args.batch_size, seed=args.seed)
+        cpus, threads = _worker_cpus(cfg)
+        with bc.Timer() as t:
+            res = train(cfg)
+        results.append((w, cpus, threads, res.history, t.seconds))
+        print(f"run {w}w: {bc.load_line()}; per epoch samples/s "
+              + ", ".join(f"{h['samples_per_s']:.2f}" for h in res.history))
+
+    base = steady(results[0][3])
+    rows = []
+    for w, cpus, threads, history, wall in results:
+        sps = steady(history)
+        rows.append([f"{w} worker{'s' if w > 1 else ''}", f"{cpus:g}", str(threads), f"{history[0]['samples_per_s']:.2f}",
+                     f"{sps:.2f}", f"{sps / base:.2f}", f"{sps * 3 * fwd_row / 1e9:.1f}", f"{wall:.0f}"])
+    header = [f"Ray Train, CPU, MiniLM-L6, batch {args.batch_size}/worker", "CPU/worker", "threads/worker",
+              "epoch 1 samples/s", "epochs>=2 samples/s", f"vs {results[0][0]}w", "~GFLOP/s", "fit() s"]
+    print()
+    print(bc.table(rows, header))
+    print("(~GFLOP/s = samples/s x 3 x forward FLOPs at the mean unpadded length; "
+          "fit() s includes Ray Train start-up, validation and checkpoints)")
+    if len(results) > 1:
+        w, _, _, history, _ = results[-1]
+        print(f"ratio_{w}w_vs_{results[0][0]}w={steady(history) / base:.2f}")
+    print()
+    if args.gpu_report or _cuda():
+        print("\n".join(gpu_section(args, work, encoder)))
+    else:
+        print("GPU section skipped: CUDA is not available (pass --gpu-report on a GPU machine).")
+    ray.shutdown()
+    if not args.workdir:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,151 @@
+"""Scoring under process faults: a killed actor, a killed driver, two runs on one output."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from relkit import (
+    N_SHARDS,
+    assert_same_scores,
+    committed_files,
+    hidden_files,
+    kill_processes,
+    ray_workers,
+    read_output,
+    score_cfg,
+    session_processes,
+    wait_for,
+)
+
+from bertml.output import LOCK, MANIFEST, OutputError
+from bertml.score import score
+
+pytestmark = pytest.mark.reliability
+
+SCORER_TITLE = "MapWorker(MapBatches(Scorer))"
+
+
+def test_scoring_actor_killed_mid_run_loses_and_duplicates_nothing(ray_local, multi_ckpt, corpus, reference, tmp_path):
+    """SIGKILL the scoring actor once, after some shards are committed and before the last.
+
+    `ScoreConfig.actor_restarts` (default 3) is passed to the Ray Data actor pool as both
+    `max_restarts` (Ray restarts the dead actor, which reloads the checkpoint) and
+    `max_task_retries` (the batch it was scoring is sent again). The driver commits a
+    shard only once every one of its rows is back, so the run must end with each input id
+    exactly once and the same scores as an uninterrupted run.
+    """
+    folder, ids = corpus
+    out = str(tmp_path / "out")
+    cfg = score_cfg(multi_ckpt, folder, out, batch_size=4)
+    assert cfg.actor_restarts == 3
+    with ThreadPoolExecutor(1) as pool:
+        run = pool.submit(score, cfg)
+        actor = wait_for(lambda: ray_workers(SCORER_TITLE) if committed_files(out) else None, 120,
+                         "a scoring actor and a first committed shard")
+        assert len(actor) == 1, actor
+        actor[0].send_signal(signal.SIGKILL)
+        committed_at_kill = len(committed_files(out))
+        assert not run.done(), "the run finished before the kill: make it longer"
+        summary = run.result(timeout=180)
+    assert 1 <= committed_at_kill < N_SHARDS  # the kill really landed mid-run
+    assert not actor[0].is_running()
+    assert summary.rows == len(ids) and summary.shards_scored == N_SHARDS and not summary.shards_skipped
+    got = read_output(out)
+    assert got.num_rows == len(ids)
+    assert_same_scores(got, reference)
+    assert hidden_files(out) == [] and not os.path.exists(os.path.join(out, LOCK))
+
+
+_CHILD = """
+import json, sys
+from bertml.config import ScoreConfig
+from bertml.runtime import init_ray
+from bertml.score import score
+
+cfg, fault, addr_file = json.loads(sys.argv[1]), json.loads(sys.argv[2]), sys.argv[3]
+ray = init_ray(num_cpus=2)
+with open(addr_file, "w") as f:
+    f.write(ray.get_runtime_context().gcs_address)
+score(ScoreConfig(**cfg), _fault=fault)
+"""
+
+
+def test_driver_killed_mid_run_then_rerun_equals_uninterrupted(ray_local, multi_ckpt, corpus, reference, tmp_path):
+    """A driver SIGKILLed right after its 2nd commit leaves 2 complete shards, a stale lock
+    and nothing half-written visible; the re-run takes the lock over, resumes the other
+    shards and ends with exactly the output of an uninterrupted run.
+
+    The driver runs in its own process with its own local Ray (no RAY_ADDRESS: `ray.init`
+    starts a new cluster rather than joining this session's), in a new session so that
+    every Ray process it leaves behind after SIGKILL can be found and ended here.
+    """
+    folder, ids = corpus
+    out, marker, addr_file = str(tmp_path / "out"), str(tmp_path / "fired"), str(tmp_path / "gcs")
+    fault = {"point": "score_commit", "committed": 2, "mode": "kill", "marker": marker}
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    child = subprocess.Popen(
+        [sys.executable, "-c", _CHILD, json.dumps({"checkpoint": multi_ckpt, "input": folder, "output": out,
+                                                  "batch_size": 16}), json.dumps(fault), addr_file],
+        env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    try:
+        _, err = child.communicate(timeout=240)
+        assert child.returncode == -signal.SIGKILL, err.decode(errors="replace")[-3000:]
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        kill_processes(session_processes(child.pid))  # raylet/gcs/workers orphaned by SIGKILL
+    assert session_processes(child.pid) == []
+    assert os.path.exists(marker)
+    with open(addr_file) as f:
+        assert f.read() != ray_local.get_runtime_context().gcs_address  # its own cluster
+
+    # What the crash left: 2 committed shards readable in full, a lock naming a dead pid.
+    assert len(committed_files(out)) == 2
+    partial = read_output(out)
+    assert partial.num_rows == 2 * len(ids) // N_SHARDS
+    with open(os.path.join(out, LOCK)) as f:
+        assert json.load(f)["pid"] == child.pid
+    assert not os.path.exists(os.path.join(out, MANIFEST))
+    # A driver killed inside a commit leaves a hidden temp file; plant one: readers skip it.
+    with open(os.path.join(out, ".part-005.parquet.tmp-deadbeef"), "wb") as f:
+        f.write(b"PAR1 half a file")
+    assert read_output(out).num_rows == partial.num_rows
+
+    summary = score(score_cfg(multi_ckpt, folder, out))
+    assert summary.shards_resumed == 2 and summary.shards_scored == N_SHARDS - 2
+    assert summary.rows == len(ids) - partial.num_rows
+    final = read_output(out)
+    assert final.num_rows == len(ids)
+    assert_same_scores(final, reference)
+    assert hidden_files(out) == []  # the planted temp file was cleaned up
+    assert not os.path.exists(os.path.join(out, LOCK))  # stale lock taken over, then released
+    with open(os.path.join(out, MANIFEST)) as f:
+        assert json.load(f)["summary"]["shards_resumed"] == 2
+
+
+def test_second_run_on_same_output_is_refused_while_first_holds_lock(ray_local, multi_ckpt, corpus, reference, tmp_path):
+    folder, ids = corpus
+    out = str(tmp_path / "out")
+    lock = os.path.join(out, LOCK)
+    with ThreadPoolExecutor(1) as pool:
+        first = pool.submit(score, score_cfg(multi_ckpt, folder, out, batch_size=8))
+        wait_for(lambda: os.path.exists(lock), 60, "the first run's lock")
+        t0 = time.perf_counter()
+        with pytest.raises(OutputError, match="being written by another bertml run"):
+            score(score_cfg(multi_ckpt, folder, out, overwrite=True))  # overwrite must not bypass it
+        refused_in = time.perf_counter() - t0
+        assert not first.done(), "the first run ended before the second was tried"
+        summary = first.result(timeout=180)
+    assert refused_in < 5
+    assert summary.rows == len(ids) and summary.shards_scored == N_SHARDS
+    got = read_output(out)
+    assert got.num_rows == len(ids)
+    assert_same_scores(got, reference)
+    assert not os.path.exists(lock)

@@ -131,10 +131,13 @@ def main(argv: list[str] | None = None) -> int:
         return cmd.run(cfg)
     except (ValueError, FileNotFoundError) as e:  # our input/config/checkpoint errors: one clear line
         from bertml.checkpoint import CheckpointError
+        from bertml.labels import LabelError
+        from bertml.model import ModelError
         from bertml.output import OutputError
         from bertml.shards import InputError
 
-        if isinstance(e, (InputError, CheckpointError, OutputError, ConfigError, FileNotFoundError)):
+        if isinstance(e, (InputError, CheckpointError, OutputError, ConfigError, LabelError, ModelError,
+                          FileNotFoundError)):
             print(f"bertml {args.command}: error: {e}", file=sys.stderr)
             return 2
         raise

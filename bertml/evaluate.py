@@ -105,8 +105,9 @@ class ThresholdsConfig:
     cpus_per_actor: float = opt(0.5, _H["cpus_per_actor"])
 
     def __post_init__(self) -> None:
-        if not self.output:
-            raise ConfigError(f"output: expected a new checkpoint folder, got {self.output!r}")
+        if not self.output or ("://" in self.output and not self.output.startswith("file://")):
+            raise ConfigError(f"output: expected a new local checkpoint folder (copy it to object storage "
+                              f"afterwards), got {self.output!r}")
         if self.checkpoint and os.path.abspath(self.output) == os.path.abspath(self.checkpoint):
             raise ConfigError(f"output: expected a folder other than the checkpoint, got {self.output!r}")
         t = self.target_precision
@@ -179,7 +180,8 @@ def score_labelled(score_cfg: ScoreConfig, labels_column: str, delimiter: str | 
     from bertml.output import OutputDir, output_name
     from bertml.score import ROW_OUT, score
 
-    meta = ckpt_io.read_meta(score_cfg.checkpoint)
+    local = ckpt_io.localize(score_cfg.checkpoint)  # object-storage checkpoints: read a cached copy
+    meta = ckpt_io.read_meta(local)
     shards = sh.resolve(score_cfg.input, "data")
     infos = sh.inspect_all(shards)
     for info in infos:
@@ -238,8 +240,9 @@ def score_labelled(score_cfg: ScoreConfig, labels_column: str, delimiter: str | 
     return Scored(
         probs=probs, targets=targets, keys=table.column("_key").to_pylist(), labels=names,
         multi_label=meta.multi_label, rows=n_rows, empty=n_empty, unknown=unknown,
-        unknown_rows=int((~keep).sum()), status=status, checkpoint=os.path.abspath(score_cfg.checkpoint),
-        fingerprint=ckpt_io.fingerprint(score_cfg.checkpoint),
+        unknown_rows=int((~keep).sum()), status=status,
+        checkpoint=score_cfg.checkpoint if ckpt_io.is_uri(score_cfg.checkpoint) else os.path.abspath(local),
+        fingerprint=ckpt_io.fingerprint(local),
         thresholds=np.asarray(meta.thresholds, dtype=np.float64) if meta.multi_label else None,
         checkpoint_metrics=meta.metrics,
     )
@@ -286,6 +289,11 @@ def evaluate_checkpoint(cfg: EvalConfig) -> dict:
     return out
 
 
+def spec_text(data) -> str:
+    """A data spec (path or list of paths) as one line."""
+    return ", ".join(data) if isinstance(data, (list, tuple)) else str(data)
+
+
 def _averages(m: dict) -> dict:
     return {k: v for k, v in m.items() if k != "per_label"}
 
@@ -316,7 +324,7 @@ def tune_checkpoint(cfg: ThresholdsConfig) -> dict:
     from bertml import checkpoint as ckpt_io
     from bertml import metrics
 
-    meta = ckpt_io.read_meta(cfg.checkpoint)
+    meta = ckpt_io.read_meta(ckpt_io.localize(cfg.checkpoint))
     if not meta.multi_label:
         raise ckpt_io.CheckpointError(f"checkpoint {cfg.checkpoint}: single_label checkpoints predict the argmax; "
                                       "there are no thresholds to tune")
@@ -342,7 +350,7 @@ def tune_checkpoint(cfg: ThresholdsConfig) -> dict:
                            "old_f1": o["f1"], "new_f1": n["f1"], "old_precision": o["precision"],
                            "new_precision": n["precision"], "new_recall": n["recall"]}
     record = {
-        "source": f"bertml thresholds on {cfg.data}" + (
+        "source": f"bertml thresholds on {spec_text(cfg.data)}" + (
             f" (lowest threshold with precision >= {cfg.target_precision})" if cfg.target_precision is not None
             else " (max F1 per label)"),
         "mode": "target_precision" if cfg.target_precision is not None else "max_f1",
@@ -356,28 +364,38 @@ def tune_checkpoint(cfg: ThresholdsConfig) -> dict:
         "macro_f1": {"old": old_m["macro_f1"], "new": new_m["macro_f1"]},
         "per_label": per_label, "tuned_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "config": to_dict(cfg),
     }
-    ckpt_io.copy_with_thresholds(cfg.checkpoint, cfg.output, new, record, overwrite=cfg.overwrite)
+    ckpt_io.copy_with_thresholds(ckpt_io.localize(cfg.checkpoint), cfg.output, new, record, overwrite=cfg.overwrite)
     return record
 
 
 def format_thresholds(record: dict) -> str:
     """Old vs new threshold and F1 per label, measured on the tuning data."""
     rows = record["per_label"]
-    width = max([5, *(len(n) for n in rows)])
+    width = max([5, *(_width(n) for n in rows)])
     lines = [f"thresholds tuned on {record['rows']} rows: {record['source']}",
-             f"{'label':<{width}} {'support':>7} {'old_thr':>8} {'new_thr':>8} {'old_f1':>7} {'new_f1':>7} {'new_prec':>8}"]
+             f"{_pad('label', width)} {'support':>7} {'old_thr':>8} {'new_thr':>8} {'old_f1':>7} {'new_f1':>7} {'new_prec':>8}"]
     for name, r in rows.items():
-        lines.append(f"{name:<{width}} {r['support']:>7d} {r['old_threshold']:>8.3f} {r['new_threshold']:>8.3f} "
+        lines.append(f"{_pad(name, width)} {r['support']:>7d} {r['old_threshold']:>8.3f} {r['new_threshold']:>8.3f} "
                      f"{r['old_f1']:>7.3f} {r['new_f1']:>7.3f} {r['new_precision']:>8.3f}")
-    lines.append(f"{'micro':<{width}} {'':>7} {'':>8} {'':>8} {record['micro_f1']['old']:>7.3f} "
-                 f"{record['micro_f1']['new']:>7.3f}")
-    lines.append(f"{'macro':<{width}} {'':>7} {'':>8} {'':>8} {record['macro_f1']['old']:>7.3f} "
-                 f"{record['macro_f1']['new']:>7.3f}")
+    for avg in ("micro", "macro"):
+        lines.append(f"{_pad(avg, width)} {'':>7} {'':>8} {'':>8} {record[avg + '_f1']['old']:>7.3f} "
+                     f"{record[avg + '_f1']['new']:>7.3f}")
     for key, what in (("fallback_labels", "no positives or no negatives: global threshold"),
                       ("precision_unreached", "target precision unreachable: max-F1 threshold")):
         if record[key]:
             lines.append(f"{what}: {', '.join(record[key])}")
     return "\n".join(lines)
+
+
+def _width(text: str) -> int:
+    """Terminal columns: East Asian wide characters take two."""
+    import unicodedata
+
+    return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+
+
+def _pad(text: str, width: int) -> str:
+    return text + " " * max(0, width - _width(text))
 
 
 # ----------------------------------------------------------------------------- commands

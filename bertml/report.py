@@ -39,6 +39,9 @@ _CJK_FONT_HINTS = ("cjk", "hansans", "hanserif", "hei", "song", "ming", "kai", "
 def write_report(folder: str, summary: dict, per_label: dict, s: Scored, max_plot_labels: int = 20) -> list[str]:
     """Write every report file into `folder`; returns their names."""
     os.makedirs(folder, exist_ok=True)
+    for old in {*PLOTS_MULTI, *PLOTS_SINGLE}:  # a previous run's plots must not pass for this one's
+        if os.path.exists(os.path.join(folder, old)):
+            os.remove(os.path.join(folder, old))
     with open(os.path.join(folder, "metrics.json"), "w", encoding="utf-8") as f:
         json.dump(_clean({**summary, "per_label": per_label}), f, indent=2, ensure_ascii=False)
     rows = per_label_rows(per_label, s)
@@ -294,7 +297,7 @@ def _frequency_f1(folder, s: Scored, font: LabelFont) -> str:
     ax.set_ylim(-0.02, 1.05)
     ax.set_xlabel("label frequency (rows carrying the label)")
     ax.set_ylabel("F1")
-    ax.set_title("Rare labels are usually the weak ones: frequency vs F1")
+    ax.set_title("Label frequency vs F1 (rare labels are often the weak ones)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _save(fig, folder, "frequency_f1.png")
@@ -324,7 +327,7 @@ def _cooccurrence(folder, y, idx, font) -> str:
     fig = _figure(side + 1, side)
     ax = fig.subplots()
     _heat(fig, ax, share, c, idx, font, "label j", "label i",
-          "True-label co-occurrence: colour = share of label i's rows that also carry j; numbers = rows")
+          "True-label co-occurrence\ncolour: share of label i's rows that also carry j; numbers: rows")
     return _save(fig, folder, "cooccurrence.png")
 
 
@@ -340,7 +343,7 @@ def plot_single_label(folder: str, s: Scored, font: LabelFont, max_labels: int) 
         fig = _figure(side + 1, side)
         ax = fig.subplots()
         _heat(fig, ax, share, sub, idx, font, "predicted", "true",
-              "Confusion matrix: colour = share of the true class's rows; numbers = rows")
+              "Confusion matrix\ncolour: share of the true class's rows; numbers: rows")
         return [_save(fig, folder, "confusion_matrix.png"), _frequency_f1(folder, s, font)]
 
 
@@ -356,8 +359,14 @@ h1{margin:0 0 4px;font-size:24px}h2{margin:32px 0 8px;font-size:18px;border-bott
 table{border-collapse:collapse;margin:8px 0;font-variant-numeric:tabular-nums}
 th,td{padding:4px 10px;border-bottom:1px solid #eef1f5;text-align:right}th{background:#f6f8fb;position:sticky;top:0}
 td:first-child,th:first-child{text-align:left}img{max-width:100%;border:1px solid #eef1f5;border-radius:6px}
-.note{color:#5a6576;font-size:12px}.up{color:#1a7f37}.down{color:#b42318}
+td.t{text-align:left}.note{color:#5a6576;font-size:12px}.up{color:#1a7f37}.down{color:#b42318}
 """
+
+
+_SHORT = {"threshold": "thr", "precision": "P", "recall": "R", "f1": "F1", "f1_at_0.5": "F1 @0.5",
+          "roc_auc": "AUC", "average_precision": "AP", "best_threshold_on_data": "best thr here",
+          "best_f1_on_data": "best F1 here"}
+_CSV_ONLY = ("precision_at_0.5", "recall_at_0.5")
 
 
 def _fmt(v) -> str:
@@ -374,12 +383,15 @@ def _bar(v) -> str:
     return f'<td style="background:linear-gradient(90deg,#d6e6ff {pct:.0f}%,transparent {pct:.0f}%)">{v:.3f}</td>'
 
 
+def _cell(v) -> str:
+    return f'<td class="t">{_fmt(v)}</td>' if isinstance(v, str) else f"<td>{_fmt(v)}</td>"
+
+
 def _table(rows: list[dict], bars: tuple[str, ...] = ()) -> str:
     if not rows:
         return '<p class="note">none</p>'
     head = "".join(f"<th>{html.escape(k)}</th>" for k in rows[0])
-    body = "".join("<tr>" + "".join(_bar(r[k]) if k in bars else f"<td>{_fmt(r[k])}</td>" for k in r) + "</tr>"
-                   for r in rows)
+    body = "".join("<tr>" + "".join(_bar(r[k]) if k in bars else _cell(r[k]) for k in r) + "</tr>" for r in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
@@ -391,11 +403,13 @@ def _img(folder_name: str, b64: str, alt: str) -> str:
 def render_html(summary: dict, rows: list[dict], plots: list[str], font: LabelFont, wrong: dict,
                 folder: str | None = None) -> str:
     """The whole page as one string; PNGs are read from the report folder and embedded."""
+    from bertml.evaluate import spec_text
+
     multi = summary["problem_type"] == "multi_label"
     r = summary["rows"]
     parts = [f"<h1>Evaluation: {html.escape(os.path.basename(summary['checkpoint'].rstrip('/')))}</h1>",
              f'<p class="meta">checkpoint <code>{html.escape(summary["checkpoint"])}</code> · data '
-             f'<code>{html.escape(str(summary["data"]))}</code> · {summary["problem_type"]} · '
+             f'<code>{html.escape(spec_text(summary["data"]))}</code> · {summary["problem_type"]} · '
              f'{r["evaluated"]} rows evaluated of {r["total"]} · {time.strftime("%Y-%m-%d %H:%M")}</p>',
              f'<p class="note">{html.escape(summary["excluded"])}.</p>']
     if multi:
@@ -419,10 +433,11 @@ def render_html(summary: dict, rows: list[dict], plots: list[str], font: LabelFo
             if k in a) + "</div>")
         parts += ["<h2>Averages</h2>", _table([{"metric": k, "argmax": v} for k, v in a.items() if isinstance(v, float)])]
         bars = ("f1",)
-    shown = sorted(rows, key=lambda x: -x["support"])
-    parts += ["<h2>Per label</h2>", '<p class="note">Sorted by support. Also in per_label.csv.'
-              + (" best_*_on_data: the threshold that would be best on this data (optimistic)." if multi else "")
-              + "</p>", _table([{"#": rows.index(x), **x} for x in shown], bars)]
+    shown = [{"#": j, **{_SHORT.get(k, k): v for k, v in r.items() if k not in _CSV_ONLY}}
+             for j, r in sorted(enumerate(rows), key=lambda jr: -jr[1]["support"])]
+    parts += ["<h2>Per label</h2>", '<p class="note">Sorted by support; every column is in per_label.csv.'
+              + (" \"best thr here\": the threshold that would be best on this very data (optimistic)." if multi else "")
+              + "</p>", _table(shown, tuple(_SHORT.get(b, b) for b in bars))]
     titles = {"pr_curves.png": "Precision-recall curves", "f1_threshold.png": "F1 vs threshold",
               "frequency_f1.png": "Label frequency vs F1", "cooccurrence.png": "Label co-occurrence",
               "confusion_matrix.png": "Confusion matrix"}

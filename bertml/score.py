@@ -225,7 +225,10 @@ def _check_shards(results, cfg: ScoreConfig, keep: list[str]) -> tuple[list[sh.S
             bad.append({"shard": str(r).split(": ", 1)[0], "error": str(r)})
             continue
         try:
-            sh.check_column(r, cfg.text_column, "text")
+            if r.num_rows or cfg.text_column not in r.schema.names:
+                # No rows, no values to misread: an empty shard whose writer typed its columns
+                # as null (pandas object columns do) still gets its empty output file.
+                sh.check_column(r, cfg.text_column, "text")
             for c in keep:
                 if c not in r.schema.names:
                     raise sh.InputError(f"{r.shard.uri}: no column {c!r} (columns: {', '.join(r.schema.names)}); "
@@ -311,6 +314,7 @@ class _Committer:
         self.failed: set[int] = set()
         self.records: list[dict] = []
         self.tags: Counter = Counter()
+        self.id_hashes: list[np.ndarray] = []  # 8 bytes a row: duplicate ids across shards
 
     def commit_empty_shards(self) -> None:
         for i, info in enumerate(self.todo):
@@ -400,11 +404,21 @@ class _Committer:
             for d in pc.value_counts(flat).to_pylist():
                 self.summary.tag_counts[d["values"]] = self.summary.tag_counts.get(d["values"], 0) + d["counts"]
             if self.cfg.id_column:
-                ids = table.column(self.cfg.id_column)
-                self.summary.duplicate_ids += table.num_rows - len(pc.unique(ids))
+                self.id_hashes.append(_hash_ids(table.column(self.cfg.id_column)))
 
     def finish(self) -> None:
+        if self.id_hashes:  # ids seen more than once among the shards scored in this run
+            h = np.concatenate(self.id_hashes)
+            self.summary.duplicate_ids = int(len(h) - len(np.unique(h)))
         if self.pending:
             missing = [self.todo[s].shard.uri for s in sorted(self.pending)]
             raise RuntimeError(f"{len(missing)} shard(s) did not get all their rows back (e.g. {missing[0]}); "
                                "nothing was committed for them; re-run to resume")
+
+
+def _hash_ids(ids: pa.ChunkedArray) -> np.ndarray:
+    """64-bit hashes of an id column: 8 bytes a row however long the ids (a false duplicate
+    among a million ids has odds of ~1e-8)."""
+    import pandas as pd
+
+    return pd.util.hash_pandas_object(ids.to_pandas(), index=False).to_numpy()

@@ -166,6 +166,13 @@ class MemoryPeak:
     rss: int = 0
     procs: int = 0
     samples: int = 0
+    foreign_cpu_s: float = 0.0  # CPU seconds used by processes outside the tree
+    wall_s: float = 0.0
+
+    @property
+    def foreign_share(self) -> float:
+        """Fraction of the machine's cores busy with other people's work during the run."""
+        return self.foreign_cpu_s / max(self.wall_s * (os.cpu_count() or 1), 1e-9)
 
 
 class TreeMemory:
@@ -175,7 +182,8 @@ class TreeMemory:
     children of the raylet, so the tree is exactly this Ray session (other sessions on
     the same machine are not counted). PSS splits shared pages (the object store, the
     mapped torch libraries) between the processes that map them, so sums do not double
-    count.
+    count. It also adds up the CPU time of every process outside the tree: on a shared
+    2-core machine that is the noise in every number, and the tables print it.
     """
 
     def __init__(self, interval: float = 0.5):
@@ -183,13 +191,15 @@ class TreeMemory:
         self.peak = MemoryPeak()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._cpu: dict[int, float] = {}
 
     def sample(self) -> tuple[int, int, int]:
         import psutil
 
         root = psutil.Process()
         pss = rss = n = 0
-        for p in [root, *root.children(recursive=True)]:
+        tree = [root, *root.children(recursive=True)]
+        for p in tree:
             try:
                 info = p.memory_full_info()
             except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
@@ -197,7 +207,22 @@ class TreeMemory:
             pss += getattr(info, "pss", info.rss)
             rss += info.rss
             n += 1
+        self._foreign({p.pid for p in tree})
         return pss, rss, n
+
+    def _foreign(self, mine: set[int]) -> None:
+        import psutil
+
+        seen: dict[int, float] = {}
+        for p in psutil.process_iter(["pid", "cpu_times"]):
+            t = p.info["cpu_times"]
+            if p.info["pid"] in mine or t is None:
+                continue
+            seen[p.info["pid"]] = t.user + t.system
+        if self._cpu:  # processes born between samples count from their start
+            self.peak.foreign_cpu_s += sum(v - self._cpu.get(pid, 0.0) for pid, v in seen.items()
+                                           if pid in self._cpu or v < 2 * self.interval + 1)
+        self._cpu = seen
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -208,6 +233,7 @@ class TreeMemory:
             self._stop.wait(self.interval)
 
     def __enter__(self) -> TreeMemory:
+        self._t0 = time.perf_counter()
         self._thread = threading.Thread(target=self._run, name="tree-memory", daemon=True)
         self._thread.start()
         return self
@@ -216,6 +242,7 @@ class TreeMemory:
         self._stop.set()
         if self._thread:
             self._thread.join()
+        self.peak.wall_s = time.perf_counter() - self._t0
 
 
 # ----------------------------------------------------------------------------- FLOPs

@@ -74,19 +74,18 @@ def token_lengths(tokenizer, texts: list[str], max_length: int) -> np.ndarray:
     return np.array([len(x) for x in enc["input_ids"]], dtype=np.int64)
 
 
-def time_pipeline(ckpt: str, texts: list[str], max_length: int, batch: int = 32) -> float:
-    """Seconds for the naive hf pipeline over `texts` (after a 2-row warm-up)."""
+def time_pipeline(ckpt: str, texts: list[str], max_length: int, batch: int = 32) -> bc.MemoryPeak:
+    """The naive hf pipeline over `texts` (after a 2-row warm-up); .wall_s is its time."""
     from transformers import pipeline
 
     pipe = pipeline("text-classification", model=ckpt, top_k=None, device=-1, truncation=True, max_length=max_length)
     pipe(texts[:2], batch_size=2)
-    t0 = time.perf_counter()
-    out = pipe(texts, batch_size=batch)
-    seconds = time.perf_counter() - t0
+    with bc.TreeMemory() as mon:
+        out = pipe(texts, batch_size=batch)
     assert len(out) == len(texts) and len(out[0]) == 10, "pipeline returned an unexpected shape"
     del pipe
     gc.collect()
-    return seconds
+    return mon.peak
 
 
 def pretokenize(ckpt: str, texts: list[str], max_length: int, batch_rows: int):
@@ -106,33 +105,54 @@ def pretokenize(ckpt: str, texts: list[str], max_length: int, batch_rows: int):
     return batches, time.perf_counter() - t0
 
 
-def time_scorer(scorer, batches) -> float:
+def time_scorer(scorer, batches) -> bc.MemoryPeak:
     scorer(batches[0].slice(0, 4))  # warm-up
-    t0 = time.perf_counter()
-    n = sum(scorer(b).num_rows for b in batches)
-    seconds = time.perf_counter() - t0
+    with bc.TreeMemory() as mon:
+        n = sum(scorer(b).num_rows for b in batches)
     assert n == sum(b.num_rows for b in batches)
-    return seconds
+    return mon.peak
 
 
-def run_score(ckpt: str, data: str, out: str, args) -> tuple[float, bc.MemoryPeak, object]:
-    """One bertml.score.score() call: wall seconds, peak tree memory, summary."""
+def run_score(ckpt: str, data: str, out: str, args) -> tuple[bc.MemoryPeak, object]:
+    """One bertml.score.score() call: peak tree memory (.wall_s: its time), summary."""
     from bertml.config import ScoreConfig
     from bertml.score import score
 
     cfg = ScoreConfig(checkpoint=ckpt, input=data, output=out, overwrite=True,
                       batch_size=args.batch_size, max_tokens=args.max_tokens)
-    with bc.TreeMemory() as mem, bc.Timer() as t:
+    with bc.TreeMemory() as mon:
         summary = score(cfg)
-    return t.seconds, mem.peak, summary
+    return mon.peak, summary
 
 
 # ----------------------------------------------------------------------------- GPU
 
 
+def fixed_batch(rows: int, seq: int, seed: int):
+    """An Arrow batch as the tokenize stage makes it: `rows` rows of one `seq`-token window."""
+    import pyarrow as pa
+
+    ids = np.random.default_rng(seed).integers(1000, 30000, size=(rows, seq), dtype=np.int32)
+    ids[:, 0], ids[:, -1] = 101, 102  # [CLS] ... [SEP]
+    offsets = np.arange(rows + 1, dtype=np.int32)
+    windows = pa.ListArray.from_arrays(pa.array(offsets * seq), pa.array(ids.ravel()))
+    return pa.table({"input_ids": pa.ListArray.from_arrays(pa.array(offsets), windows),
+                     "status": pa.array(["ok"] * rows)})
+
+
+def rows_per_s(scorer, batch, n_batches: int, sync=lambda: None) -> float:
+    for _ in range(3):
+        scorer(batch)
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(n_batches):
+        scorer(batch)
+    sync()
+    return n_batches * batch.num_rows / (time.perf_counter() - t0)
+
+
 def gpu_section(args, work: str, encoder: str) -> list[str]:
     """BERT-base (random init) at seq `--gpu-seq` in bf16 through the Scorer: rows/s and MFU."""
-    import pyarrow as pa
     import torch
     from transformers import BertConfig
 
@@ -140,31 +160,15 @@ def gpu_section(args, work: str, encoder: str) -> list[str]:
 
     if not torch.cuda.is_available():
         return ["GPU section skipped: CUDA is not available on this machine."]
-    ckpt = bc.random_bert_checkpoint(os.path.join(work, "bert_base"), encoder, 10, args.gpu_seq)
+    seq = args.gpu_seq
+    ckpt = bc.random_bert_checkpoint(os.path.join(work, "bert_base"), encoder, 10, seq)
     scorer = Scorer(ckpt, max_tokens=args.gpu_max_tokens, precision="bf16")
-    seq, rows = args.gpu_seq, args.gpu_rows
-    rng = np.random.default_rng(args.seed)
-    ids = rng.integers(1000, 30000, size=(args.gpu_batch, seq), dtype=np.int32)
-    ids[:, 0], ids[:, -1] = 101, 102  # [CLS] ... [SEP]
-    offsets = np.arange(args.gpu_batch + 1, dtype=np.int32)
-    windows = pa.ListArray.from_arrays(pa.array(offsets * seq), pa.array(ids.ravel()))
-    batch = pa.table({"input_ids": pa.ListArray.from_arrays(pa.array(offsets), windows),
-                      "status": pa.array(["ok"] * args.gpu_batch)})
-    for _ in range(3):
-        scorer(batch)
-    torch.cuda.synchronize()
-    n_batches = max(1, rows // args.gpu_batch)
-    t0 = time.perf_counter()
-    for _ in range(n_batches):
-        scorer(batch)
-    torch.cuda.synchronize()
-    seconds = time.perf_counter() - t0
-    rps = n_batches * args.gpu_batch / seconds
+    n_batches = max(1, args.gpu_rows // args.gpu_batch)
+    rps = rows_per_s(scorer, fixed_batch(args.gpu_batch, seq, args.seed), n_batches, torch.cuda.synchronize)
     flops = bc.forward_flops(BertConfig(), [seq])
-    mfu = rps * flops / args.peak_flops
     header = ["GPU: BERT-base fwd, Scorer", "rows", "seq", "rows/s", "TFLOP/s", "MFU"]
     row = [f"{torch.cuda.get_device_name(0)} bf16", str(n_batches * args.gpu_batch), str(seq), f"{rps:.0f}",
-           f"{rps * flops / 1e12:.1f}", f"{100 * mfu:.1f}%"]
+           f"{rps * flops / 1e12:.1f}", f"{100 * rps * flops / args.peak_flops:.1f}%"]
     return [bc.table([row], header), f"(MFU = rows/s x {flops / 1e9:.2f} GFLOP/row / peak {args.peak_flops:.3g} FLOP/s; "
             f"max_tokens {args.gpu_max_tokens}, {args.gpu_batch} rows per call)"]
 
@@ -207,25 +211,24 @@ def main(argv=None) -> int:
     init_t0 = time.perf_counter()
     init_ray()
     ray.data.DataContext.get_current().enable_progress_bars = False
-    cold_s, _, _ = run_score(ckpt, os.path.join(work, "data", "warmup"), os.path.join(work, "out", "warmup"), args)
+    cold, _ = run_score(ckpt, os.path.join(work, "data", "warmup"), os.path.join(work, "out", "warmup"), args)
     cold_total = time.perf_counter() - init_t0
-    t_n, mem_n, sum_n = run_score(ckpt, os.path.join(work, "data", "n"), os.path.join(work, "out", "n"), args)
+    mon_n, sum_n = run_score(ckpt, os.path.join(work, "data", "n"), os.path.join(work, "out", "n"), args)
     assert sum_n.rows == n, sum_n.format()
-    t_n10 = mem_n10 = None
+    mon_n10 = None
     if not args.no_10x:
-        t_n10, mem_n10, sum_n10 = run_score(ckpt, os.path.join(work, "data", "n10"), os.path.join(work, "out", "n10"), args)
+        mon_n10, sum_n10 = run_score(ckpt, os.path.join(work, "data", "n10"), os.path.join(work, "out", "n10"), args)
         assert sum_n10.rows == n10, sum_n10.format()
     ray.shutdown()
-    print(f"ray:     {bc.load_line()}")
 
     # (a) hf pipeline and (c) Scorer alone, in this process, on the same texts.
     sub = texts[: args.pipeline_rows]
-    t_pipe = time_pipeline(ckpt, sub, args.max_length)
+    mon_pipe = time_pipeline(ckpt, sub, args.max_length)
     sub_batches, _ = pretokenize(ckpt, sub, args.max_length, args.batch_size)
     n_batches, t_tok = pretokenize(ckpt, texts[:n], args.max_length, args.batch_size)
     scorer = Scorer(ckpt, max_tokens=args.max_tokens, torch_threads=os.cpu_count())
-    t_sc_sub = time_scorer(scorer, sub_batches)
-    t_sc_n = time_scorer(scorer, n_batches)
+    mon_sc_sub = time_scorer(scorer, sub_batches)
+    mon_sc_n = time_scorer(scorer, n_batches)
     del scorer
     print(f"end:     {bc.load_line()}")
 
@@ -236,41 +239,45 @@ def main(argv=None) -> int:
     sc_exec_sub = bc.packed_flops(hf_cfg, ls, args.batch_size, args.max_tokens)
     sc_exec_n = bc.packed_flops(hf_cfg, ln, args.batch_size, args.max_tokens)
 
-    pipe_rps = len(sub) / t_pipe
+    pipe_rps = len(sub) / mon_pipe.wall_s
     rows = []
 
-    def add(path: str, n_rows: int, seconds: float, useful: float | None = None, executed: float | None = None):
+    def add(path: str, n_rows: int, seconds: float, others: float | None, useful: float | None = None,
+            executed: float | None = None) -> float:
         rps = n_rows / seconds
         rows.append([path, str(n_rows), f"{seconds:.1f}", f"{rps:.1f}", f"{rps / pipe_rps:.2f}x",
                      f"{useful / seconds / 1e9:.1f}" if useful else "-",
-                     f"{executed / useful:.2f}" if useful and executed else "-"])
+                     f"{executed / useful:.2f}" if useful and executed else "-",
+                     f"{100 * others:.0f}%" if others is not None else "-"])
         return rps
 
-    add("(a) hf pipeline, batch 32", len(sub), t_pipe, useful_sub, pipe_exec)
-    add("(c) Scorer alone, same rows", len(sub), t_sc_sub, useful_sub, sc_exec_sub)
-    add("(c) Scorer alone, N rows", n, t_sc_n, useful_n, sc_exec_n)
-    add("    tokenize alone (encode_batch), N rows", n, t_tok)
-    add("(b) bertml.score, N, incl. actor start", n, t_n)
+    add("(a) hf pipeline, batch 32", len(sub), mon_pipe.wall_s, mon_pipe.foreign_share, useful_sub, pipe_exec)
+    add("(c) Scorer alone, same rows", len(sub), mon_sc_sub.wall_s, mon_sc_sub.foreign_share, useful_sub, sc_exec_sub)
+    add("(c) Scorer alone, N rows", n, mon_sc_n.wall_s, mon_sc_n.foreign_share, useful_n, sc_exec_n)
+    add("    tokenize alone (encode_batch), N rows", n, t_tok, None)
+    add("(b) bertml.score, N, incl. actor start", n, mon_n.wall_s, mon_n.foreign_share)
     warm_rps = None
-    if t_n10 is not None:
-        add("(b) bertml.score, 10N, incl. actor start", n10, t_n10)
-        warm_rps = add("(b) bertml.score warm: 9N/(T10N-TN)", n10 - n, t_n10 - t_n)
+    if mon_n10 is not None:
+        add("(b) bertml.score, 10N, incl. actor start", n10, mon_n10.wall_s, mon_n10.foreign_share)
+        others = (mon_n10.foreign_cpu_s - mon_n.foreign_cpu_s) / max(1e-9, (mon_n10.wall_s - mon_n.wall_s) * os.cpu_count())
+        warm_rps = add("(b) bertml.score warm: 9N/(T10N-TN)", n10 - n, mon_n10.wall_s - mon_n.wall_s, others)
     header = ["path (MiniLM-L6, max_length %d, fp32, %d threads)" % (args.max_length, os.cpu_count()),
-              "rows", "s", "rows/s", "vs pipeline", "useful GFLOP/s", "exec/useful"]
+              "rows", "s", "rows/s", "vs pipeline", "useful GFLOP/s", "exec/useful", "others' CPU"]
 
     print()
     print(bc.table(rows, header))
-    print(f"cold: Ray start + first score() on {args.warmup_rows} rows = {cold_total:.1f} s (score() alone {cold_s:.1f} s)")
+    print(f"cold: Ray start + first score() on {args.warmup_rows} rows = {cold_total:.1f} s (score() alone {cold.wall_s:.1f} s)")
     if warm_rps:
-        print(f"fixed cost per score() call (actor start, model load, planning) ~ {t_n - n / warm_rps:.1f} s")
+        print(f"fixed cost per score() call (actor start, model load, planning) ~ {mon_n.wall_s - n / warm_rps:.1f} s")
+    print("(others' CPU: share of the machine's cores used by processes outside this run while it was timed)")
     print()
-    mem_rows = [["N", str(n), bc.gib(mem_n.pss), bc.gib(mem_n.rss), str(mem_n.procs), "1.00"]]
-    if mem_n10 is not None:
-        mem_rows.append(["10N", str(n10), bc.gib(mem_n10.pss), bc.gib(mem_n10.rss), str(mem_n10.procs),
-                         f"{mem_n10.pss / mem_n.pss:.2f}"])
+    mem_rows = [["N", str(n), bc.gib(mon_n.pss), bc.gib(mon_n.rss), str(mon_n.procs), "1.00"]]
+    if mon_n10 is not None:
+        mem_rows.append(["10N", str(n10), bc.gib(mon_n10.pss), bc.gib(mon_n10.rss), str(mon_n10.procs),
+                         f"{mon_n10.pss / mon_n.pss:.2f}"])
     print(bc.table(mem_rows, ["bertml.score run", "rows", "peak PSS (tree)", "RSS then", "procs", "PSS ratio"]))
-    if mem_n10 is not None:
-        ratio = mem_n10.pss / mem_n.pss
+    if mon_n10 is not None:
+        ratio = mon_n10.pss / mon_n.pss
         print(f"memory_ratio_10n_vs_n={ratio:.2f} ({'flat, <= 1.2' if ratio <= 1.2 else 'NOT flat, > 1.2'})")
     print()
     if args.gpu_report or _cuda():
@@ -279,7 +286,7 @@ def main(argv=None) -> int:
         print("GPU section skipped: CUDA is not available (pass --gpu-report on a GPU machine).")
     if not args.workdir:
         shutil.rmtree(work, ignore_errors=True)
-    headline = warm_rps if warm_rps else n / t_n
+    headline = warm_rps if warm_rps else n / mon_n.wall_s
     print(f"speedup_vs_hf_pipeline={headline / pipe_rps:.2f}")
     return 0
 

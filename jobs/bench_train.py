@@ -85,6 +85,22 @@ def mean_tokens(model: str, folder: str, max_length: int) -> float:
     return float(np.mean([len(x) for x in enc["input_ids"]]))
 
 
+def collate_rows_per_s(model: str, folder: str, max_length: int, batch: int, n_batches: int = 20) -> float:
+    """Rows/s of the training loop's collate (tokenize_for_training) alone, in this thread."""
+    import pyarrow.parquet as pq
+
+    from bertml.model import load_tokenizer
+    from bertml.tokenization import tokenize_for_training
+
+    tok = load_tokenizer(model)
+    texts = pq.read_table(folder, columns=["text"]).column("text").to_pylist()[: batch * n_batches]
+    tokenize_for_training(tok, texts[:batch], max_length)
+    t0 = time.perf_counter()
+    for i in range(0, len(texts), batch):
+        tokenize_for_training(tok, texts[i : i + batch], max_length)
+    return len(texts) / (time.perf_counter() - t0)
+
+
 # ----------------------------------------------------------------------------- GPU
 
 
@@ -112,22 +128,23 @@ def gpu_section(args, work: str, encoder: str) -> list[str]:
     rows.append([f"bertml.train, 1 Ray Train worker ({torch.cuda.get_device_name(0)})", str(args.gpu_batch),
                  f"{sps:.0f}", f"{sps * 3 * fwd / 1e12:.1f}", f"{100 * sps * 3 * fwd / args.peak_flops:.1f}%"])
 
-    sps_loop = plain_loop(base, seq, args)
+    sps_loop = plain_loop(base, seq, args, torch.device("cuda"))
     rows.append(["optimizer_step loop, pre-tokenized, no Ray", str(args.gpu_batch), f"{sps_loop:.0f}",
                  f"{sps_loop * 3 * fwd / 1e12:.1f}", f"{100 * sps_loop * 3 * fwd / args.peak_flops:.1f}%"])
+    tok_rps = collate_rows_per_s(base, os.path.join(data, "train"), seq, args.gpu_batch)
+    rows.append(["collate alone (tokenize_for_training, 1 thread)", str(args.gpu_batch), f"{tok_rps:.0f}", "-", "-"])
     return [bc.table(rows, header),
             f"(MFU = samples/s x 3 x {fwd / 1e9:.2f} GFLOP fwd/row / peak {args.peak_flops:.3g} FLOP/s)"]
 
 
-def plain_loop(model_dir: str, seq: int, args) -> float:
-    """samples/s of bertml.train.optimizer_step on fixed GPU tensors (bf16 autocast)."""
+def plain_loop(model_dir: str, seq: int, args, dev) -> float:
+    """samples/s of bertml.train.optimizer_step on fixed tensors on `dev` (bf16 autocast on CUDA)."""
     import torch
 
     from bertml.model import build_model, device_autocast
     from bertml.train import make_optimizer, make_scheduler, optimizer_step
 
     labels = bc.label_set(10)
-    dev = torch.device("cuda")
     model = build_model(model_dir, labels).to(dev).train()
     opt = make_optimizer(model, 1e-4, 0.01)
     sched = make_scheduler(opt, 10 * args.gpu_steps, 0.1)
@@ -136,13 +153,14 @@ def plain_loop(model_dir: str, seq: int, args) -> float:
     mb = {"input_ids": torch.randint(1000, 30000, (args.gpu_batch, seq), generator=g).to(dev),
           "attention_mask": torch.ones(args.gpu_batch, seq, dtype=torch.long, device=dev),
           "targets": (torch.rand(args.gpu_batch, 10, generator=g) < 0.3).float().to(dev)}
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     for _ in range(5):
         optimizer_step(model, [mb], opt, sched, multi_label=True, autocast=autocast, max_grad_norm=1.0)
-    torch.cuda.synchronize()
+    sync()
     t0 = time.perf_counter()
     for _ in range(args.gpu_steps):
         optimizer_step(model, [mb], opt, sched, multi_label=True, autocast=autocast, max_grad_norm=1.0)
-    torch.cuda.synchronize()
+    sync()
     return args.gpu_steps * args.gpu_batch / (time.perf_counter() - t0)
 
 

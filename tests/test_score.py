@@ -11,8 +11,7 @@ import torch
 from tiny import make_rows
 
 from bertml import checkpoint as ckpt_io
-from bertml.config import load
-from bertml.config import ScoreConfig
+from bertml.config import ScoreConfig, load
 from bertml.faults import InjectedFault
 from bertml.output import OutputError
 from bertml.score import score

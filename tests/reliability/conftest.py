@@ -1,7 +1,8 @@
-"""Shared inputs for the reliability suite: one corpus and one uninterrupted reference run."""
+"""Shared inputs for the reliability suite: one corpus and its expected scores."""
 
+import pyarrow as pa
 import pytest
-from relkit import N_SHARDS, ROWS_PER_SHARD, read_output, score_cfg, write_corpus
+from relkit import N_SHARDS, ROWS_PER_SHARD, write_corpus
 
 
 @pytest.fixture(scope="session")
@@ -12,11 +13,19 @@ def corpus(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def reference(ray_local, multi_ckpt, corpus, tmp_path_factory):
-    """The output of an uninterrupted run over `corpus` (what every faulted run must equal)."""
-    from bertml.score import score
+def reference(multi_ckpt, corpus):
+    """Expected output for `corpus`: the library's own stages (tokenize -> Scorer) called in
+    this process on every row, no Ray. Every faulted run must equal it; the uninterrupted
+    run in the concurrency test checks that a normal run equals it too."""
+    import pyarrow.dataset as pads
+    from transformers import AutoTokenizer
 
-    out = str(tmp_path_factory.mktemp("reference") / "out")
-    summary = score(score_cfg(multi_ckpt, corpus[0], out))
-    assert summary.rows == len(corpus[1]) and summary.shards_scored == N_SHARDS
-    return read_output(out)
+    from bertml.scorer import INPUT_IDS, STATUS, Scorer
+    from bertml.tokenization import encode_batch
+
+    scorer = Scorer(multi_ckpt)
+    table = pads.dataset(corpus[0], format="parquet").to_table()
+    ids, status = encode_batch(AutoTokenizer.from_pretrained(multi_ckpt), table.column("text").to_pylist(), scorer.meta.max_length)
+    batch = pa.table({"id": table.column("id"), INPUT_IDS: ids, STATUS: pa.array(status, pa.string())})
+    return scorer(batch)
+

@@ -15,7 +15,8 @@ from tiny import make_rows
 
 from bertml.config import ScoreConfig
 
-N_SHARDS, ROWS_PER_SHARD = 30, 40  # the shared corpus: many small shards so runs last a while
+N_SHARDS, ROWS_PER_SHARD = 16, 25  # the shared corpus: many small shards so runs last a while
+SCORER_TITLE = "MapWorker(MapBatches(Scorer))"  # a scoring actor's process title on Ray 2.60
 
 
 def write_corpus(folder: str, n_shards: int, rows_per_shard: int, seed: int = 100) -> list[str]:

@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from relkit import (
     N_SHARDS,
+    SCORER_TITLE,
     assert_same_scores,
     committed_files,
     hidden_files,
@@ -27,9 +28,6 @@ from bertml.score import score
 
 pytestmark = pytest.mark.reliability
 
-SCORER_TITLE = "MapWorker(MapBatches(Scorer))"
-
-
 def test_scoring_actor_killed_mid_run_loses_and_duplicates_nothing(ray_local, multi_ckpt, corpus, reference, tmp_path):
     """SIGKILL the scoring actor once, after some shards are committed and before the last.
 
@@ -43,10 +41,11 @@ def test_scoring_actor_killed_mid_run_loses_and_duplicates_nothing(ray_local, mu
     out = str(tmp_path / "out")
     cfg = score_cfg(multi_ckpt, folder, out, batch_size=4)
     assert cfg.actor_restarts == 3
+    earlier = {p.pid for p in ray_workers(SCORER_TITLE)}  # another run's actor, still exiting
     with ThreadPoolExecutor(1) as pool:
         run = pool.submit(score, cfg)
-        actor = wait_for(lambda: ray_workers(SCORER_TITLE) if committed_files(out) else None, 120,
-                         "a scoring actor and a first committed shard")
+        actor = wait_for(lambda: [p for p in ray_workers(SCORER_TITLE) if p.pid not in earlier]
+                         if committed_files(out) else None, 120, "a scoring actor and a first committed shard")
         assert len(actor) == 1, actor
         actor[0].send_signal(signal.SIGKILL)
         committed_at_kill = len(committed_files(out))

@@ -46,8 +46,11 @@ def build_model(
         **extra,
     )
     try:
+        # ignore_mismatched_sizes: starting from a classifier with another label set
+        # (e.g. a fine-tuned model) re-initialises the head instead of failing.
         return AutoModelForSequenceClassification.from_pretrained(
-            name, config=config, use_safetensors=True, trust_remote_code=trust_remote_code
+            name, config=config, use_safetensors=True, trust_remote_code=trust_remote_code,
+            ignore_mismatched_sizes=True,
         )
     except OSError as e:
         if "safetensors" in str(e).lower() or "model.safetensors" in str(e):

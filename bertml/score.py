@@ -165,7 +165,7 @@ def score(cfg: ScoreConfig, _fault: dict | None = None) -> ScoreSummary:
     fingerprint = ckpt_io.fingerprint(cfg.checkpoint)
     keep = [c for c in [cfg.id_column, *cfg.passthrough] if c]
 
-    shard_list = sh.resolve(cfg.input, "input")
+    shard_list = _not_in_output(sh.resolve(cfg.input, "input"), cfg)
     names = [output_name(s.key) for s in shard_list]
     if len(set(names)) != len(names):
         dup = next(n for n in names if names.count(n) > 1)
@@ -216,6 +216,22 @@ def _json(obj) -> bytes:
     import json
 
     return json.dumps(obj, ensure_ascii=False).encode("utf-8")
+
+
+def _not_in_output(shards: list[sh.Shard], cfg: ScoreConfig) -> list[sh.Shard]:
+    """Drop input files inside the output folder: an output nested in the input folder
+    must not be read back as input by the next run."""
+    out = OutputDir.root_of(cfg.output)
+    keep = [s for s in shards if not _within(s.uri if "://" in out else s.path, out)]
+    if len(keep) < len(shards):
+        log.info("ignoring %d input file(s) inside the output folder %s", len(shards) - len(keep), cfg.output)
+    if not keep:
+        raise sh.InputError(f"input {cfg.input}: no files outside the output folder {cfg.output}")
+    return keep
+
+
+def _within(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
 
 
 def _check_shards(results, cfg: ScoreConfig, keep: list[str]) -> tuple[list[sh.ShardInfo], list[dict]]:

@@ -7,10 +7,14 @@ U+FFFD rather than crashing the batch.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import numpy as np
 import pyarrow as pa
+
+# Anything but whitespace, C0/C1 control characters and zero-width marks.
+_VISIBLE = re.compile(r"[^\s\x00-\x1f\x7f-\x9f\u200b-\u200f\u2060\ufeff]")
 
 # Status values written per row by scoring (one name for one thing, end to end).
 OK, EMPTY, TRUNCATED, CHUNKED = "ok", "empty", "truncated", "chunked"
@@ -29,7 +33,7 @@ def clean_text(text: object) -> str | None:
         text = text.decode("utf-8", errors="replace")
     elif not isinstance(text, str):
         text = str(text)
-    if not text.strip():
+    if not _VISIBLE.search(text):  # whitespace, control or zero-width characters only
         return None
     try:
         text.encode("utf-8")

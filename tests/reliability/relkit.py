@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 
 import numpy as np
@@ -70,6 +71,32 @@ def assert_same_scores(got: pa.Table, want: pa.Table) -> None:
         assert g[i]["status"] == w[i]["status"], i
         assert g[i]["tags"] == w[i]["tags"], i
         np.testing.assert_allclose(g[i]["probs"], w[i]["probs"], atol=1e-5, err_msg=i)
+
+
+class Background:
+    """Run `fn(*args)` in a daemon thread (a hung run cannot hang pytest's exit)."""
+
+    def __init__(self, fn, *args):
+        self._value, self._error = None, None
+        self._thread = threading.Thread(target=self._run, args=(fn, *args), daemon=True)
+        self._thread.start()
+
+    def _run(self, fn, *args):
+        try:
+            self._value = fn(*args)
+        except BaseException as e:  # handed to result()
+            self._error = e
+
+    def done(self) -> bool:
+        return not self._thread.is_alive()
+
+    def result(self, timeout: float):
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise AssertionError(f"still running after {timeout:.0f} s")
+        if self._error is not None:
+            raise self._error
+        return self._value
 
 
 def wait_for(cond, timeout: float, what: str, every: float = 0.02):

@@ -96,8 +96,8 @@ def test_bad_shard_fails_before_writing_anything(multi_ckpt, tmp_path, monkeypat
 
 def test_shard_corrupt_inside_fails_naming_it_and_commits_nothing_for_it(ray_local, multi_ckpt, tmp_path):
     """Garbage in the data pages (valid footer) is only found while reading: the run stops
-    with an error naming the file; it gets no output file, and anything committed before
-    is complete (a re-run with the file fixed or removed resumes)."""
+    with an error naming the file; it gets no output file, anything committed before it is
+    complete, and the failed run leaves no lock, temp file or scoring actor behind."""
     folder = _folder(tmp_path / "in", ["good.parquet", "corrupt-pages.parquet"])
     out = str(tmp_path / "out")
     with pytest.raises(InputError) as e:
@@ -210,3 +210,19 @@ def test_bad_rows_get_a_defined_status_and_nothing_crashes(ray_local, multi_ckpt
     assert summary.rows == len(ROWS) + 8 and summary.shards_scored == 2 and not summary.shards_skipped
     counts = {s: want.count(s) + (8 if s == "ok" else 0) for s in set(want) | {"ok"}}
     assert summary.status == counts
+
+
+def test_output_nested_in_input_folder_is_not_read_back_as_input(multi_ckpt, tmp_path, monkeypatch):
+    """input=data/, output=data/scored/: the next (nightly) run must not list data/scored/*
+    as input shards (they have no text column, so it would fail or re-score outputs)."""
+    import bertml.runtime
+
+    monkeypatch.setattr(bertml.runtime, "init_ray", lambda *a, **k: pytest.fail("Ray was started"))
+    folder = tmp_path / "data"
+    folder.mkdir()
+    pq.write_table(_table("zero", 0), str(folder / "part.parquet"))  # empty: scored without Ray
+    cfg = score_cfg(multi_ckpt, str(folder), str(folder / "scored"))
+    first, second = score(cfg), score(cfg)
+    assert (first.shards_scored, second.shards_resumed, second.shards_scored) == (1, 1, 0)
+    assert not second.shards_skipped
+    assert committed_files(str(folder / "scored")) == ["part.parquet"]

@@ -6,12 +6,12 @@ import signal
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from relkit import (
     N_SHARDS,
     SCORER_TITLE,
+    Background,
     assert_same_scores,
     committed_files,
     hidden_files,
@@ -28,6 +28,7 @@ from bertml.score import score
 
 pytestmark = pytest.mark.reliability
 
+
 def test_scoring_actor_killed_mid_run_loses_and_duplicates_nothing(ray_local, multi_ckpt, corpus, reference, tmp_path):
     """SIGKILL the scoring actor once, after some shards are committed and before the last.
 
@@ -42,15 +43,14 @@ def test_scoring_actor_killed_mid_run_loses_and_duplicates_nothing(ray_local, mu
     cfg = score_cfg(multi_ckpt, folder, out, batch_size=4)
     assert cfg.actor_restarts == 3
     earlier = {p.pid for p in ray_workers(SCORER_TITLE)}  # another run's actor, still exiting
-    with ThreadPoolExecutor(1) as pool:
-        run = pool.submit(score, cfg)
-        actor = wait_for(lambda: [p for p in ray_workers(SCORER_TITLE) if p.pid not in earlier]
-                         if committed_files(out) else None, 120, "a scoring actor and a first committed shard")
-        assert len(actor) == 1, actor
-        actor[0].send_signal(signal.SIGKILL)
-        committed_at_kill = len(committed_files(out))
-        assert not run.done(), "the run finished before the kill: make it longer"
-        summary = run.result(timeout=180)
+    run = Background(score, cfg)
+    actor = wait_for(lambda: [p for p in ray_workers(SCORER_TITLE) if p.pid not in earlier]
+                     if committed_files(out) else None, 120, "a scoring actor and a first committed shard")
+    assert len(actor) == 1, actor
+    actor[0].send_signal(signal.SIGKILL)
+    committed_at_kill = len(committed_files(out))
+    assert not run.done(), "the run finished before the kill: make it longer"
+    summary = run.result(timeout=180)
     assert 1 <= committed_at_kill < N_SHARDS  # the kill really landed mid-run
     assert not actor[0].is_running()
     assert summary.rows == len(ids) and summary.shards_scored == N_SHARDS and not summary.shards_skipped
@@ -130,18 +130,20 @@ def test_driver_killed_mid_run_then_rerun_equals_uninterrupted(ray_local, multi_
 
 
 def test_second_run_on_same_output_is_refused_while_first_holds_lock(ray_local, multi_ckpt, corpus, reference, tmp_path):
+    """While a run holds `_bertml.lock`, another run into the same folder (even with
+    overwrite=true) is refused at once, before it touches any file; the first run's output
+    is complete and equals the expected scores (this is also the suite's uninterrupted run)."""
     folder, ids = corpus
     out = str(tmp_path / "out")
     lock = os.path.join(out, LOCK)
-    with ThreadPoolExecutor(1) as pool:
-        first = pool.submit(score, score_cfg(multi_ckpt, folder, out, batch_size=8))
-        wait_for(lambda: os.path.exists(lock), 60, "the first run's lock")
-        t0 = time.perf_counter()
-        with pytest.raises(OutputError, match="being written by another bertml run"):
-            score(score_cfg(multi_ckpt, folder, out, overwrite=True))  # overwrite must not bypass it
-        refused_in = time.perf_counter() - t0
-        assert not first.done(), "the first run ended before the second was tried"
-        summary = first.result(timeout=180)
+    first = Background(score, score_cfg(multi_ckpt, folder, out, batch_size=8))
+    wait_for(lambda: os.path.exists(lock), 60, "the first run's lock")
+    t0 = time.perf_counter()
+    with pytest.raises(OutputError, match="being written by another bertml run"):
+        score(score_cfg(multi_ckpt, folder, out, overwrite=True))  # overwrite must not bypass it
+    refused_in = time.perf_counter() - t0
+    assert not first.done(), "the first run ended before the second was tried"
+    summary = first.result(timeout=180)
     assert refused_in < 5
     assert summary.rows == len(ids) and summary.shards_scored == N_SHARDS
     got = read_output(out)

@@ -31,7 +31,7 @@ def test_training_worker_killed_resumes_from_last_checkpoint(ray_local, tiny_enc
         f"run.storage_path={tmp_path}/runs", f"run.output={tmp_path}/model",
     ])
     fault = {"point": "train_epoch", "epoch": 2, "rank": 1, "mode": "kill", "marker": marker,
-             "delay_s": 4}
+             "delay_s": 5}
     result = train(cfg, _fault=fault)
     assert os.path.exists(marker)  # the kill happened
     assert [h["epoch"] for h in result.history] == [1, 2, 3]  # nothing repeated, nothing lost

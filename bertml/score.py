@@ -17,6 +17,7 @@ import functools
 import logging
 import os
 import time
+import warnings
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 
@@ -139,7 +140,7 @@ def _tokenizer(path: str, trust_remote_code: bool):
     """One tokenizer per worker process (tasks are stateless; the cache is per process)."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    return AutoTokenizer.from_pretrained(ckpt_io.localize(path), trust_remote_code=trust_remote_code)
 
 
 def tokenize_stage(batch: pa.Table, *, checkpoint: str, max_length: int, chunk: bool, stride: int,
@@ -157,12 +158,13 @@ def tokenize_stage(batch: pa.Table, *, checkpoint: str, max_length: int, chunk: 
 def score(cfg: ScoreConfig, _fault: dict | None = None) -> ScoreSummary:
     """Score every row of `cfg.input` into `cfg.output`; see the module docstring."""
     t0 = time.perf_counter()
-    meta = ckpt_io.read_meta(cfg.checkpoint)  # all checks before Ray starts
+    local_ckpt = ckpt_io.localize(cfg.checkpoint)  # s3://... -> cached local copy (workers fetch their own)
+    meta = ckpt_io.read_meta(local_ckpt)  # all checks before Ray starts
     max_length = cfg.max_length or meta.max_length
-    ckpt_io.check_max_length(cfg.checkpoint, max_length)
+    ckpt_io.check_max_length(local_ckpt, max_length)
     if cfg.long_text == "chunk" and cfg.chunk_stride >= max_length - 2:
         raise sh.InputError(f"chunk_stride {cfg.chunk_stride} must be below max_length - 2 ({max_length - 2})")
-    fingerprint = ckpt_io.fingerprint(cfg.checkpoint)
+    fingerprint = ckpt_io.fingerprint(local_ckpt)
     keep = [c for c in [cfg.id_column, *cfg.passthrough] if c]
 
     shard_list = _not_in_output(sh.resolve(cfg.input, "input"), cfg)
@@ -194,7 +196,7 @@ def score(cfg: ScoreConfig, _fault: dict | None = None) -> ScoreSummary:
                 summary.shards_resumed += 1
             else:
                 todo.append(info)
-        schema_meta = {META_LABELS: _json(meta.labels), META_CHECKPOINT: os.path.abspath(cfg.checkpoint).encode(),
+        schema_meta = {META_LABELS: _json(meta.labels), META_CHECKPOINT: _ckpt_name(cfg.checkpoint).encode(),
                        META_FINGERPRINT: fingerprint.encode()}
         committer = _Committer(out, todo, cfg, schema_meta, summary, _fault, meta.multi_label)
         committer.commit_empty_shards()
@@ -203,13 +205,17 @@ def score(cfg: ScoreConfig, _fault: dict | None = None) -> ScoreSummary:
         committer.finish()
         summary.seconds = time.perf_counter() - t0
         out.write_json(MANIFEST, {
-            "checkpoint": os.path.abspath(cfg.checkpoint), "fingerprint": fingerprint,
+            "checkpoint": _ckpt_name(cfg.checkpoint), "fingerprint": fingerprint,
             "labels": meta.labels, "config": to_dict(cfg), "summary": asdict(summary),
             "shards": committer.records, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         })
         return summary
     finally:
         out.unlock()
+
+
+def _ckpt_name(path: str) -> str:
+    return path if ckpt_io.is_uri(path) else os.path.abspath(path)
 
 
 def _json(obj) -> bytes:
@@ -289,6 +295,9 @@ def _run_pipeline(cfg: ScoreConfig, todo: list[sh.ShardInfo], keep: list[str], m
         fn_kwargs={"checkpoint": cfg.checkpoint, "max_length": max_length, "chunk": cfg.long_text == "chunk",
                    "stride": cfg.chunk_stride, "max_chunks": cfg.max_chunks, "trust_remote_code": cfg.trust_remote_code},
     )
+    # Ray 2.60 has no named parameter for actor restarts; the remote-args hook it still
+    # accepts warns of its removal in 2.64 (Ray Data's default there is unlimited retries).
+    warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated", category=DeprecationWarning)
     ds = ds.map_batches(
         Scorer, batch_size=cfg.batch_size, batch_format="pyarrow",
         fn_constructor_kwargs={"checkpoint": cfg.checkpoint, "max_tokens": cfg.max_tokens, "precision": cfg.precision,

@@ -76,7 +76,7 @@ class Scorer:
         torch_threads: int | None = None,
         trust_remote_code: bool = False,
     ):
-        self.model, tokenizer, self.meta = ckpt_io.load(checkpoint, trust_remote_code)
+        self.model, tokenizer, self.meta = ckpt_io.load(ckpt_io.localize(checkpoint), trust_remote_code)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
         if self.device.type == "cpu" and torch_threads:

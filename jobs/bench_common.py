@@ -12,7 +12,7 @@ import os
 import platform
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -23,6 +23,9 @@ _QUIET_ENV = {
     "TQDM_DISABLE": "1",
     "TOKENIZERS_PARALLELISM": "false",
     "RAY_DEDUP_LOGS": "1",
+    # Ray starts its workers at nice 15. On a shared box that starves the Ray side against
+    # anyone else's nice-0 work while the in-process baseline runs at 0: same footing here.
+    "RAY_worker_niceness": "0",
 }
 
 
@@ -168,6 +171,7 @@ class MemoryPeak:
     samples: int = 0
     foreign_cpu_s: float = 0.0  # CPU seconds used by processes outside the tree
     wall_s: float = 0.0
+    top: list = field(default_factory=list)  # [(process name, pss)] at the peak, largest first
 
     @property
     def foreign_share(self) -> float:
@@ -193,22 +197,24 @@ class TreeMemory:
         self._thread: threading.Thread | None = None
         self._cpu: dict[int, float] = {}
 
-    def sample(self) -> tuple[int, int, int]:
+    def sample(self) -> tuple[int, int, list]:
         import psutil
 
         root = psutil.Process()
-        pss = rss = n = 0
+        pss = rss = 0
+        per: list[tuple[str, int]] = []
         tree = [root, *root.children(recursive=True)]
         for p in tree:
             try:
                 info = p.memory_full_info()
+                name = "driver" if p.pid == root.pid else p.name().split(".")[0]
             except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                 continue
             pss += getattr(info, "pss", info.rss)
             rss += info.rss
-            n += 1
+            per.append((name, getattr(info, "pss", info.rss)))
         self._foreign({p.pid for p in tree})
-        return pss, rss, n
+        return pss, rss, sorted(per, key=lambda x: -x[1])
 
     def _foreign(self, mine: set[int]) -> None:
         import psutil
@@ -226,10 +232,10 @@ class TreeMemory:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            pss, rss, n = self.sample()
+            pss, rss, per = self.sample()
             self.peak.samples += 1
             if pss > self.peak.pss:
-                self.peak.pss, self.peak.rss, self.peak.procs = pss, rss, n
+                self.peak.pss, self.peak.rss, self.peak.procs, self.peak.top = pss, rss, len(per), per
             self._stop.wait(self.interval)
 
     def __enter__(self) -> TreeMemory:

@@ -276,6 +276,9 @@ def main(argv=None) -> int:
         mem_rows.append(["10N", str(n10), bc.gib(mon_n10.pss), bc.gib(mon_n10.rss), str(mon_n10.procs),
                          f"{mon_n10.pss / mon_n.pss:.2f}"])
     print(bc.table(mem_rows, ["bertml.score run", "rows", "peak PSS (tree)", "RSS then", "procs", "PSS ratio"]))
+    for name, mon in (("N", mon_n), ("10N", mon_n10)):
+        if mon is not None:
+            print(f"  at the {name} peak: " + ", ".join(f"{p} {q / 2**20:.0f} MiB" for p, q in mon.top[:4]))
     if mon_n10 is not None:
         ratio = mon_n10.pss / mon_n.pss
         print(f"memory_ratio_10n_vs_n={ratio:.2f} ({'flat, <= 1.2' if ratio <= 1.2 else 'NOT flat, > 1.2'})")

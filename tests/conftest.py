@@ -4,6 +4,9 @@ import sys
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
+# Ray workers started by the session's local Ray inherit this, so test modules holding
+# train loops (and tests/tiny.py) import there too.
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (os.path.dirname(__file__), os.environ.get("PYTHONPATH")) if p)
 
 from bertml.runtime import _QUIET_ENV  # noqa: E402
 

@@ -75,7 +75,7 @@ def _ddp_loop(config):
     from bertml.labels import LabelSet
     from bertml.model import build_model, load_tokenizer
     from bertml.tokenization import tokenize_for_training
-    from bertml.train import make_optimizer, make_scheduler, optimizer_step
+    from bertml.train import make_scheduler, optimizer_step
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -87,7 +87,9 @@ def _ddp_loop(config):
             m.p = 0.0
     model = ray.train.torch.prepare_model(model)
     tok = load_tokenizer(config["encoder"])
-    opt = make_optimizer(model, 1e-2, 0.01)
+    # SGD, not AdamW: Adam's m/sqrt(v) turns float noise in near-zero gradients into full-size
+    # steps, which would hide (or fake) a real difference in how gradients are averaged.
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
     sched = make_scheduler(opt, 10, 0.0)
     texts, y = config["texts"], np.array(config["targets"], dtype=np.float32)
     gb = config["global_batch"]

@@ -261,7 +261,7 @@ def main(argv=None) -> int:
         add("(b) bertml.score, 10N, incl. actor start", n10, mon_n10.wall_s, mon_n10.foreign_share)
         others = (mon_n10.foreign_cpu_s - mon_n.foreign_cpu_s) / max(1e-9, (mon_n10.wall_s - mon_n.wall_s) * os.cpu_count())
         warm_rps = add("(b) bertml.score warm: 9N/(T10N-TN)", n10 - n, mon_n10.wall_s - mon_n.wall_s, others)
-    header = ["path (MiniLM-L6, max_length %d, fp32, %d threads)" % (args.max_length, os.cpu_count()),
+    header = [f"path (MiniLM-L6, max_length {args.max_length}, fp32, {os.cpu_count()} threads)",
               "rows", "s", "rows/s", "vs pipeline", "useful GFLOP/s", "exec/useful", "others' CPU"]
 
     print()

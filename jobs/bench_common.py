@@ -172,11 +172,27 @@ class MemoryPeak:
     foreign_cpu_s: float = 0.0  # CPU seconds used by processes outside the tree
     wall_s: float = 0.0
     top: list = field(default_factory=list)  # [(process name, pss)] at the peak, largest first
+    cpu_by_name: dict = field(default_factory=dict)  # tree CPU seconds per process name during the run
+
+    def cpu_line(self, n: int = 5) -> str:
+        """Where the tree's CPU went, as average cores busy over the run."""
+        top = sorted(self.cpu_by_name.items(), key=lambda kv: -kv[1])[:n]
+        return ", ".join(f"{name} {sec / max(self.wall_s, 1e-9):.2f}" for name, sec in top)
 
     @property
     def foreign_share(self) -> float:
         """Fraction of the machine's cores busy with other people's work during the run."""
         return self.foreign_cpu_s / max(self.wall_s * (os.cpu_count() or 1), 1e-9)
+
+
+def _proc_name(p) -> str:
+    """`ray::MapWorker(MapBatches(Scorer))` for Ray workers (comm is cut at 15 chars), else comm."""
+    try:
+        first = (p.cmdline() or [""])[0]
+    except Exception:  # noqa: BLE001 - a vanished process
+        first = ""
+    name = first if first.startswith("ray::") else p.name()
+    return name.split(".")[0].strip()
 
 
 class TreeMemory:
@@ -190,12 +206,15 @@ class TreeMemory:
     2-core machine that is the noise in every number, and the tables print it.
     """
 
-    def __init__(self, interval: float = 0.5):
+    def __init__(self, interval: float = 2.0):
         self.interval = interval
         self.peak = MemoryPeak()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._cpu: dict[int, float] = {}
+        self._tree_cpu: dict[int, float] = {}
+        self._cpu_by_pid: dict[int, float] = {}
+        self._role: dict[int, str] = {}
 
     def sample(self) -> tuple[int, int, list]:
         import psutil
@@ -207,12 +226,18 @@ class TreeMemory:
         for p in tree:
             try:
                 info = p.memory_full_info()
-                name = "driver" if p.pid == root.pid else p.name().split(".")[0]
+                used = sum(p.cpu_times()[:2])
+                name = "driver" if p.pid == root.pid else _proc_name(p)
             except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                 continue
             pss += getattr(info, "pss", info.rss)
             rss += info.rss
             per.append((name, getattr(info, "pss", info.rss)))
+            if name != "ray::IDLE" or p.pid not in self._role:  # a worker is named by its last real job
+                self._role[p.pid] = name
+            if p.pid in self._tree_cpu:
+                self._cpu_by_pid[p.pid] = self._cpu_by_pid.get(p.pid, 0.0) + used - self._tree_cpu[p.pid]
+            self._tree_cpu[p.pid] = used
         self._foreign({p.pid for p in tree})
         return pss, rss, sorted(per, key=lambda x: -x[1])
 
@@ -249,6 +274,9 @@ class TreeMemory:
         if self._thread:
             self._thread.join()
         self.peak.wall_s = time.perf_counter() - self._t0
+        for pid, sec in self._cpu_by_pid.items():
+            d = self.peak.cpu_by_name
+            d[self._role[pid]] = d.get(self._role[pid], 0.0) + sec
 
 
 # ----------------------------------------------------------------------------- FLOPs

@@ -22,7 +22,7 @@ Paths timed, all on the same texts:
                         "warm" = marginal rate 9N / (T(10N) - T(N)): the fixed per-call
                         cost cancels; this is the number in speedup_vs_hf_pipeline.
 Memory: peak summed PSS of the whole process tree (driver + this Ray session's raylet,
-gcs and workers), sampled every 0.5 s during the N and 10*N runs; must stay flat.
+gcs and workers), sampled every 2 s (0.5 s cost 0.05 core here) during the N and 10*N runs; must stay flat.
 GPU section (with CUDA or --gpu-report): BERT-base (BertConfig() defaults, random init),
 seq 128, bf16, through the Scorer; MFU = achieved forward FLOPs / --peak-flops.
 """
@@ -270,6 +270,8 @@ def main(argv=None) -> int:
     if warm_rps:
         print(f"fixed cost per score() call (actor start, model load, planning) ~ {mon_n.wall_s - n / warm_rps:.1f} s")
     print("(others' CPU: share of the machine's cores used by processes outside this run while it was timed)")
+    last = mon_n10 or mon_n
+    print(f"cores busy per process during the {'10N' if mon_n10 else 'N'} run: {last.cpu_line()}")
     print()
     mem_rows = [["N", str(n), bc.gib(mon_n.pss), bc.gib(mon_n.rss), str(mon_n.procs), "1.00"]]
     if mon_n10 is not None:

@@ -1,6 +1,6 @@
 """Training benchmark (issue 3): samples/s with 1 vs 2 Ray Train workers, side by side.
 
-    .venv/bin/python jobs/bench_train.py                      # ~5-7 min on 2 CPU cores
+    .venv/bin/python jobs/bench_train.py                      # ~4 min on 2 CPU cores
     .venv/bin/python jobs/bench_train.py --n-docs 200         # quicker, noisier
     .venv/bin/python jobs/bench_train.py --gpu-report --peak-flops 989e12   # on a GPU box
 
@@ -37,7 +37,7 @@ import bench_common as bc  # noqa: E402
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--workers", default="1,2", help="Ray Train worker counts to compare (the first is the baseline)")
-    p.add_argument("--n-docs", type=int, default=360, help="BBC documents (70%% train, 15%% validation)")
+    p.add_argument("--n-docs", type=int, default=560, help="BBC documents (70%% train, 15%% validation)")
     p.add_argument("--snippet-words", type=int, default=40, help="words per article in a document")
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--epochs", type=int, default=2, help=">= 2; epochs >= 2 are averaged")
@@ -190,6 +190,7 @@ def main(argv=None) -> int:
     print(f"data:    BBC multi-label, {corpus['rows']['train']} train / {corpus['rows']['validation']} validation rows, "
           f"{len(corpus['labels'])} labels, {toks:.0f} tokens/row (max_length {args.max_length}); "
           f"model MiniLM-L6 (all-MiniLM-L6-v2)")
+    tok_rps = collate_rows_per_s(encoder, os.path.join(data, "train"), args.max_length, args.batch_size)
     init_ray()
     ray.data.DataContext.get_current().enable_progress_bars = False
 
@@ -198,35 +199,40 @@ def main(argv=None) -> int:
         cfg = train_config(work, data, encoder, f"{w}w", workers=w, use_gpu=False, max_length=args.max_length,
                            epochs=args.epochs, batch=args.batch_size, seed=args.seed)
         cpus, threads = _worker_cpus(cfg)
-        with bc.Timer() as t:
+        with bc.TreeMemory() as mon:
             res = train(cfg)
-        results.append((w, cpus, threads, res.history, t.seconds))
+        results.append((w, cpus, threads, res.history, mon.peak))
         print(f"run {w}w: {bc.load_line()}; per epoch samples/s "
               + ", ".join(f"{h['samples_per_s']:.2f}" for h in res.history))
 
-    base = steady(results[0][3])
-    rows = []
-    for w, cpus, threads, history, wall in results:
-        sps = steady(history)
-        rows.append([f"{w} worker{'s' if w > 1 else ''}", f"{cpus:g}", str(threads), f"{history[0]['samples_per_s']:.2f}",
-                     f"{sps:.2f}", f"{sps / base:.2f}", f"{sps * 3 * fwd_row / 1e9:.1f}", f"{wall:.0f}"])
-    header = [f"Ray Train, CPU, MiniLM-L6, batch {args.batch_size}/worker", "CPU/worker", "threads/worker",
-              "epoch 1 samples/s", "epochs>=2 samples/s", f"vs {results[0][0]}w", "~GFLOP/s", "fit() s"]
-    print()
-    print(bc.table(rows, header))
-    print("(~GFLOP/s = samples/s x 3 x forward FLOPs at the mean unpadded length; "
-          "fit() s includes Ray Train start-up, validation and checkpoints)")
-    if len(results) > 1:
-        w, _, _, history, _ = results[-1]
-        print(f"ratio_{w}w_vs_{results[0][0]}w={steady(history) / base:.2f}")
-    print()
-    if args.gpu_report or _cuda():
-        print("\n".join(gpu_section(args, work, encoder)))
-    else:
-        print("GPU section skipped: CUDA is not available (pass --gpu-report on a GPU machine).")
+    # The GPU run (if any) goes first so that every Ray log line is out before the tables.
+    gpu_lines = (gpu_section(args, work, encoder) if args.gpu_report or _cuda()
+                 else ["GPU section skipped: CUDA is not available (pass --gpu-report on a GPU machine)."])
     ray.shutdown()
     if not args.workdir:
         shutil.rmtree(work, ignore_errors=True)
+
+    base = steady(results[0][3])
+    rows = []
+    for w, cpus, threads, history, mon in results:
+        sps = steady(history)
+        rows.append([f"{w} worker{'s' if w > 1 else ''}", f"{cpus:g}", str(threads), f"{history[0]['samples_per_s']:.2f}",
+                     f"{sps:.2f}", f"{sps / base:.2f}", f"{sps * 3 * fwd_row / 1e9:.1f}", f"{mon.wall_s:.0f}",
+                     f"{100 * mon.foreign_share:.0f}%"])
+    header = [f"Ray Train, CPU, MiniLM-L6, batch {args.batch_size}/worker", "CPU/worker", "threads/worker",
+              "epoch 1 samples/s", "epochs>=2 samples/s", f"vs {results[0][0]}w", "~GFLOP/s", "fit() s", "others' CPU"]
+    print()
+    print(bc.table(rows, header))
+    print("(~GFLOP/s = samples/s x 3 x forward FLOPs at the mean unpadded length; fit() s includes Ray Train "
+          "start-up, validation and checkpoints; others' CPU = share of the cores used outside this run)")
+    print(f"collate alone (tokenize_for_training, batch {args.batch_size}, 1 thread): {tok_rps:.0f} rows/s")
+    for w, _, _, _, mon in results:
+        print(f"cores busy per process, {w}w run: {mon.cpu_line(4)}")
+    print()
+    print("\n".join(gpu_lines))
+    if len(results) > 1:
+        w, _, _, history, _ = results[-1]
+        print(f"ratio_{w}w_vs_{results[0][0]}w={steady(history) / base:.2f}")
     return 0
 
 

@@ -66,6 +66,23 @@ def load_line() -> str:
     return f"load average {one:.2f} {five:.2f} {fifteen:.2f} on {os.cpu_count()} cores"
 
 
+def wait_quiet(max_s: float, busy: float = 0.10, window: float = 5.0) -> str:
+    """Wait (up to `max_s`) for a `window` in which the machine is under `busy` utilisation.
+
+    Call it while this run is idle: then all the load seen is other people's work.
+    """
+    import psutil
+
+    t0 = time.perf_counter()
+    while True:
+        used = psutil.cpu_percent(interval=window) / 100
+        waited = time.perf_counter() - t0
+        if used < busy:
+            return f"quiet after {waited:.0f} s" if waited > window + 1 else "quiet"
+        if waited >= max_s:
+            return f"NOT quiet after {waited:.0f} s ({used:.0%} busy): numbers below are skewed"
+
+
 # ----------------------------------------------------------------------------- checkpoints
 
 

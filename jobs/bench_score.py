@@ -55,6 +55,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup-rows", type=int, default=32, help="rows of the Ray warm-up (cold) run")
     p.add_argument("--no-10x", action="store_true", help="skip the 10*N run (no memory ratio, no warm rate)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--wait-quiet", type=float, default=60, help="before each timed part, wait up to this many s "
+                   "for the machine to be idle (shared boxes); 0: don't wait")
     p.add_argument("--workdir", default=None, help="keep checkpoint/corpus/outputs here (default: a temp folder, deleted)")
     p.add_argument("--gpu-report", action="store_true", help="run the GPU section (skipped without CUDA)")
     p.add_argument("--peak-flops", type=float, default=989e12, help="accelerator peak FLOP/s for MFU (H100 bf16 dense)")
@@ -208,6 +210,7 @@ def main(argv=None) -> int:
           f"{args.max_length}; checkpoint MiniLM-L6 + 10-label head at {ckpt}")
 
     # (b) bertml.score through Ray Data: cold warm-up, then N and 10N.
+    quiet_log = {"ray": bc.wait_quiet(args.wait_quiet)}
     init_t0 = time.perf_counter()
     init_ray()
     ray.data.DataContext.get_current().enable_progress_bars = False
@@ -223,14 +226,16 @@ def main(argv=None) -> int:
 
     # (a) hf pipeline and (c) Scorer alone, in this process, on the same texts.
     sub = texts[: args.pipeline_rows]
+    quiet_log["pipeline"] = bc.wait_quiet(args.wait_quiet)
     mon_pipe = time_pipeline(ckpt, sub, args.max_length)
     sub_batches, _ = pretokenize(ckpt, sub, args.max_length, args.batch_size)
     n_batches, t_tok = pretokenize(ckpt, texts[:n], args.max_length, args.batch_size)
     scorer = Scorer(ckpt, max_tokens=args.max_tokens, torch_threads=os.cpu_count())
+    quiet_log["scorer"] = bc.wait_quiet(args.wait_quiet)
     mon_sc_sub = time_scorer(scorer, sub_batches)
     mon_sc_n = time_scorer(scorer, n_batches)
     del scorer
-    print(f"end:     {bc.load_line()}")
+    print(f"end:     {bc.load_line()}; before each part: " + ", ".join(f"{k} {v}" for k, v in quiet_log.items()))
 
     # FLOPs: useful = every row at its own length; executed = what the padded batches compute.
     ls, ln = lengths[: len(sub)], lengths[:n]
@@ -291,6 +296,11 @@ def main(argv=None) -> int:
         print("GPU section skipped: CUDA is not available (pass --gpu-report on a GPU machine).")
     if not args.workdir:
         shutil.rmtree(work, ignore_errors=True)
+    timed = [mon_pipe, mon_sc_sub, mon_sc_n, mon_n] + ([mon_n10] if mon_n10 else [])
+    worst = max(m.foreign_share for m in timed)
+    if worst > 0.10:
+        print(f"WARNING: other processes used up to {worst:.0%} of the cores during a timed part; "
+              "the ratios are skewed: rerun on a quiet machine")
     headline = warm_rps if warm_rps else n / mon_n.wall_s
     print(f"speedup_vs_hf_pipeline={headline / pipe_rps:.2f}")
     return 0

@@ -43,6 +43,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=2, help=">= 2; epochs >= 2 are averaged")
     p.add_argument("--batch-size", type=int, default=16, help="rows per worker per step")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--wait-quiet", type=float, default=60, help="before each run, wait up to this many s "
+                   "for the machine to be idle (shared boxes); 0: don't wait")
     p.add_argument("--workdir", default=None, help="keep corpus/runs here (default: a temp folder, deleted)")
     p.add_argument("--gpu-report", action="store_true", help="run the GPU section (skipped without CUDA)")
     p.add_argument("--peak-flops", type=float, default=989e12, help="accelerator peak FLOP/s for MFU (H100 bf16 dense)")
@@ -199,6 +201,7 @@ def main(argv=None) -> int:
         cfg = train_config(work, data, encoder, f"{w}w", workers=w, use_gpu=False, max_length=args.max_length,
                            epochs=args.epochs, batch=args.batch_size, seed=args.seed)
         cpus, threads = _worker_cpus(cfg)
+        print(f"run {w}w: machine {bc.wait_quiet(args.wait_quiet)}")
         with bc.TreeMemory() as mon:
             res = train(cfg)
         results.append((w, cpus, threads, res.history, mon.peak))
@@ -230,6 +233,9 @@ def main(argv=None) -> int:
         print(f"cores busy per process, {w}w run: {mon.cpu_line(4)}")
     print()
     print("\n".join(gpu_lines))
+    worst = max(r[4].foreign_share for r in results)
+    if worst > 0.10:
+        print(f"WARNING: other processes used up to {worst:.0%} of the cores during a run; rerun on a quiet machine")
     if len(results) > 1:
         w, _, _, history, _ = results[-1]
         print(f"ratio_{w}w_vs_{results[0][0]}w={steady(history) / base:.2f}")

@@ -190,6 +190,7 @@ class MemoryPeak:
     wall_s: float = 0.0
     top: list = field(default_factory=list)  # [(process name, pss)] at the peak, largest first
     cpu_by_name: dict = field(default_factory=dict)  # tree CPU seconds per process name during the run
+    hwm: int = 0  # bytes: sum over the tree's processes of each one's peak RSS (VmHWM) during the run
 
     def cpu_line(self, n: int = 5) -> str:
         """Where the tree's CPU went, as average cores busy over the run."""
@@ -200,6 +201,27 @@ class MemoryPeak:
     def foreign_share(self) -> float:
         """Fraction of the machine's cores busy with other people's work during the run."""
         return self.foreign_cpu_s / max(self.wall_s * (os.cpu_count() or 1), 1e-9)
+
+
+def _vm_hwm(pid: int) -> int:
+    """Peak RSS of a process since start (or since `_reset_hwm`), in bytes; 0 if unknown."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _reset_hwm(pid: int) -> None:
+    """Linux >= 4.0: writing 5 to clear_refs resets VmHWM to the current RSS."""
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w", encoding="ascii") as f:
+            f.write("5")
+    except OSError:
+        pass
 
 
 def _proc_name(p) -> str:
@@ -219,7 +241,9 @@ class TreeMemory:
     children of the raylet, so the tree is exactly this Ray session (other sessions on
     the same machine are not counted). PSS splits shared pages (the object store, the
     mapped torch libraries) between the processes that map them, so sums do not double
-    count. It also adds up the CPU time of every process outside the tree: on a shared
+    count. Samples can miss a short peak (one forward pass), so it also keeps each
+    process's kernel peak-RSS counter (VmHWM, reset on entry): their sum bounds the peak
+    from above (RSS counts shared pages once per process). It also adds up the CPU time of every process outside the tree: on a shared
     2-core machine that is the noise in every number, and the tables print it.
     """
 
@@ -232,6 +256,7 @@ class TreeMemory:
         self._tree_cpu: dict[int, float] = {}
         self._cpu_by_pid: dict[int, float] = {}
         self._role: dict[int, str] = {}
+        self._hwm: dict[int, int] = {}
 
     def sample(self) -> tuple[int, int, list]:
         import psutil
@@ -252,6 +277,7 @@ class TreeMemory:
             per.append((name, getattr(info, "pss", info.rss)))
             if name != "ray::IDLE" or p.pid not in self._role:  # a worker is named by its last real job
                 self._role[p.pid] = name
+            self._hwm[p.pid] = max(self._hwm.get(p.pid, 0), _vm_hwm(p.pid))
             if p.pid in self._tree_cpu:
                 self._cpu_by_pid[p.pid] = self._cpu_by_pid.get(p.pid, 0.0) + used - self._tree_cpu[p.pid]
             self._tree_cpu[p.pid] = used
@@ -281,6 +307,11 @@ class TreeMemory:
             self._stop.wait(self.interval)
 
     def __enter__(self) -> TreeMemory:
+        import psutil
+
+        root = psutil.Process()
+        for p in [root, *root.children(recursive=True)]:  # restart every peak-RSS counter
+            _reset_hwm(p.pid)
         self._t0 = time.perf_counter()
         self._thread = threading.Thread(target=self._run, name="tree-memory", daemon=True)
         self._thread.start()
@@ -291,6 +322,7 @@ class TreeMemory:
         if self._thread:
             self._thread.join()
         self.peak.wall_s = time.perf_counter() - self._t0
+        self.peak.hwm = sum(self._hwm.values())
         for pid, sec in self._cpu_by_pid.items():
             d = self.peak.cpu_by_name
             d[self._role[pid]] = d.get(self._role[pid], 0.0) + sec

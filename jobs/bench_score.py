@@ -1,6 +1,6 @@
 """Scoring benchmark (issue 4): bertml vs a naive `transformers.pipeline`, side by side.
 
-    .venv/bin/python jobs/bench_score.py                       # ~5-8 min on 2 CPU cores
+    .venv/bin/python jobs/bench_score.py                       # ~3-4 min on 2 idle CPU cores
     .venv/bin/python jobs/bench_score.py --rows 200 --pipeline-rows 64   # quick look
     .venv/bin/python jobs/bench_score.py --gpu-report --peak-flops 989e12  # on a GPU box
 
@@ -22,7 +22,10 @@ Paths timed, all on the same texts:
                         "warm" = marginal rate 9N / (T(10N) - T(N)): the fixed per-call
                         cost cancels; this is the number in speedup_vs_hf_pipeline.
 Memory: peak summed PSS of the whole process tree (driver + this Ray session's raylet,
-gcs and workers), sampled every 2 s (0.5 s cost 0.05 core here) during the N and 10*N runs; must stay flat.
+gcs and workers), sampled every 2 s (every 0.5 s cost 0.05 core here) during the N and
+10*N runs; must stay flat (10N/N <= 1.2).
+Shared machines: before each timed part the script waits (--wait-quiet) for the box to be
+idle, and every row reports the share of the cores other processes used meanwhile.
 GPU section (with CUDA or --gpu-report): BERT-base (BertConfig() defaults, random init),
 seq 128, bf16, through the Scorer; MFU = achieved forward FLOPs / --peak-flops.
 """
@@ -278,17 +281,19 @@ def main(argv=None) -> int:
     last = mon_n10 or mon_n
     print(f"cores busy per process during the {'10N' if mon_n10 else 'N'} run: {last.cpu_line()}")
     print()
-    mem_rows = [["N", str(n), bc.gib(mon_n.pss), bc.gib(mon_n.rss), str(mon_n.procs), "1.00"]]
+    mem_rows = [["N", str(n), bc.gib(mon_n.pss), "1.00", bc.gib(mon_n.hwm), "1.00", str(mon_n.procs)]]
     if mon_n10 is not None:
-        mem_rows.append(["10N", str(n10), bc.gib(mon_n10.pss), bc.gib(mon_n10.rss), str(mon_n10.procs),
-                         f"{mon_n10.pss / mon_n.pss:.2f}"])
-    print(bc.table(mem_rows, ["bertml.score run", "rows", "peak PSS (tree)", "RSS then", "procs", "PSS ratio"]))
+        mem_rows.append(["10N", str(n10), bc.gib(mon_n10.pss), f"{mon_n10.pss / mon_n.pss:.2f}",
+                         bc.gib(mon_n10.hwm), f"{mon_n10.hwm / mon_n.hwm:.2f}", str(mon_n10.procs)])
+    print(bc.table(mem_rows, ["bertml.score run", "rows", "peak PSS (tree, sampled)", "PSS ratio",
+                              "sum of peak RSS (VmHWM)", "ratio", "procs"]))
     for name, mon in (("N", mon_n), ("10N", mon_n10)):
         if mon is not None:
             print(f"  at the {name} peak: " + ", ".join(f"{p} {q / 2**20:.0f} MiB" for p, q in mon.top[:4]))
     if mon_n10 is not None:
         ratio = mon_n10.pss / mon_n.pss
-        print(f"memory_ratio_10n_vs_n={ratio:.2f} ({'flat, <= 1.2' if ratio <= 1.2 else 'NOT flat, > 1.2'})")
+        print(f"memory_ratio_10n_vs_n={ratio:.2f} ({'flat, <= 1.2' if ratio <= 1.2 else 'NOT flat, > 1.2'}; "
+              f"peak-RSS bound {mon_n10.hwm / mon_n.hwm:.2f})")
     print()
     if args.gpu_report or _cuda():
         print("\n".join(gpu_section(args, work, encoder)))

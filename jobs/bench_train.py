@@ -1,6 +1,6 @@
 """Training benchmark (issue 3): samples/s with 1 vs 2 Ray Train workers, side by side.
 
-    .venv/bin/python jobs/bench_train.py                      # ~4 min on 2 CPU cores
+    .venv/bin/python jobs/bench_train.py                      # ~5-6 min on 2 CPU cores
     .venv/bin/python jobs/bench_train.py --n-docs 200         # quicker, noisier
     .venv/bin/python jobs/bench_train.py --gpu-report --peak-flops 989e12   # on a GPU box
 
@@ -40,7 +40,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--n-docs", type=int, default=560, help="BBC documents (70%% train, 15%% validation)")
     p.add_argument("--snippet-words", type=int, default=40, help="words per article in a document")
     p.add_argument("--max-length", type=int, default=128)
-    p.add_argument("--epochs", type=int, default=2, help=">= 2; epochs >= 2 are averaged")
+    p.add_argument("--epochs", type=int, default=3, help=">= 2; epochs >= 2 are averaged")
     p.add_argument("--batch-size", type=int, default=16, help="rows per worker per step")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--wait-quiet", type=float, default=60, help="before each run, wait up to this many s "

@@ -159,8 +159,10 @@ class ScoreConfig:
     text_column: str = opt("text", "Column holding the text")
     id_column: Union[str, None] = opt("id", "Id column copied to the output (null: none)")
     passthrough: list[str] = opt([], "Other input columns copied unchanged to the output")
-    batch_size: int = opt(256, "Rows per scoring batch handed to an actor (it sorts them by length)")
-    max_tokens: int = opt(16384, "Token budget per forward pass: rows x padded length (bigger on GPUs)")
+    batch_size: Union[int, None] = opt(None, "Rows per scoring batch handed to an actor (it sorts them by length); "
+                                       "null: 256 on CPU actors, 2048 on GPU actors")
+    max_tokens: Union[int, None] = opt(None, "Token budget per forward pass, rows x padded length; "
+                                       "null: 16384 on CPU actors, 131072 on GPU actors")
     max_length: Union[int, None] = opt(None, "Tokens per window; null uses the checkpoint's max_length")
     long_text: Literal["truncate", "chunk"] = opt("truncate", "Texts longer than max_length: truncate, or chunk into windows")
     chunk_stride: int = opt(32, "chunk: tokens shared by consecutive windows")
@@ -176,14 +178,18 @@ class ScoreConfig:
     torch_threads: Union[int, None] = opt(None, "CPU actors: torch intra-op threads (null: all cores / actors)")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = opt("auto", "auto: bf16 on GPUs that support it, else fp16; fp32 on CPU")
     actor_restarts: int = opt(3, "Times a crashed scoring actor is restarted (its batch retried)")
+    cls_only: bool = opt(True, "Run the last encoder layer for [CLS] only where the head reads nothing else "
+                         "(same probabilities; checked at load, else the full forward)")
+    compile: bool = opt(False, "torch.compile the model in each actor (GPU; the first batches wait for it)")
     trust_remote_code: bool = opt(False, "Allow custom modelling code from the checkpoint")
 
     def __post_init__(self) -> None:
         _check(bool(self.checkpoint), "checkpoint", self.checkpoint, "a checkpoint folder")
         _check(bool(self.input), "input", self.input, "a Parquet path")
         _check(bool(self.output), "output", self.output, "an output folder")
-        for key in ("batch_size", "max_tokens", "max_chunks"):
-            _check(getattr(self, key) >= 1, key, getattr(self, key), "an integer >= 1")
+        for key in ("batch_size", "max_tokens"):
+            _check(getattr(self, key) is None or getattr(self, key) >= 1, key, getattr(self, key), "null or an integer >= 1")
+        _check(self.max_chunks >= 1, "max_chunks", self.max_chunks, "an integer >= 1")
         _check(self.max_length is None or 1 <= self.max_length <= 512, "max_length", self.max_length, "null or an integer in [1, 512]")
         _check(self.chunk_stride >= 0, "chunk_stride", self.chunk_stride, "an integer >= 0")
         _check(self.top_k >= 0, "top_k", self.top_k, "an integer >= 0")

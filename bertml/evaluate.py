@@ -35,8 +35,8 @@ _H = {
     "label_delimiter": "Split a string labels column on this delimiter (e.g. '|')",
     "id_column": "Id column shown beside the examples in the report (null: shard file and row number)",
     "unknown_labels": "Labels in the data that the checkpoint does not know: fail, or ignore them (counted)",
-    "batch_size": "Rows per scoring batch handed to an actor",
-    "max_tokens": "Token budget per forward pass: rows x padded length (bigger on GPUs)",
+    "batch_size": "Rows per scoring batch handed to an actor; null: 256 on CPU, 2048 on GPU actors",
+    "max_tokens": "Token budget per forward pass, rows x padded length; null: 16384 on CPU, 131072 on GPU actors",
     "max_length": "Tokens per window; null uses the checkpoint's max_length",
     "long_text": "Texts longer than max_length: truncate, or chunk into windows (max-pooled)",
     "num_actors": "Scoring actors; null: one per GPU, or one on CPU",
@@ -58,8 +58,8 @@ class EvalConfig:
     id_column: Union[str, None] = opt(None, _H["id_column"])
     unknown_labels: Literal["fail", "ignore"] = opt("fail", _H["unknown_labels"])
     max_plot_labels: int = opt(20, "Per-label plots show at most this many labels (the most frequent)")
-    batch_size: int = opt(256, _H["batch_size"])
-    max_tokens: int = opt(16384, _H["max_tokens"])
+    batch_size: Union[int, None] = opt(None, _H["batch_size"])
+    max_tokens: Union[int, None] = opt(None, _H["max_tokens"])
     max_length: Union[int, None] = opt(None, _H["max_length"])
     long_text: Literal["truncate", "chunk"] = opt("truncate", _H["long_text"])
     num_actors: Union[int, None] = opt(None, _H["num_actors"])
@@ -96,8 +96,8 @@ class ThresholdsConfig:
     label_delimiter: Union[str, None] = opt(None, _H["label_delimiter"])
     id_column: Union[str, None] = opt(None, _H["id_column"])
     unknown_labels: Literal["fail", "ignore"] = opt("fail", _H["unknown_labels"])
-    batch_size: int = opt(256, _H["batch_size"])
-    max_tokens: int = opt(16384, _H["max_tokens"])
+    batch_size: Union[int, None] = opt(None, _H["batch_size"])
+    max_tokens: Union[int, None] = opt(None, _H["max_tokens"])
     max_length: Union[int, None] = opt(None, _H["max_length"])
     long_text: Literal["truncate", "chunk"] = opt("truncate", _H["long_text"])
     num_actors: Union[int, None] = opt(None, _H["num_actors"])

@@ -39,7 +39,18 @@ from bertml.output import (
     OutputError,
     output_name,
 )
-from bertml.scorer import INPUT_IDS, LABEL, PROBS, SCORE, STATUS, TAGS, TOP_K, Scorer
+from bertml.scorer import (
+    CPU_BATCH,
+    GPU_BATCH,
+    INPUT_IDS,
+    LABEL,
+    PROBS,
+    SCORE,
+    STATUS,
+    TAGS,
+    TOP_K,
+    Scorer,
+)
 from bertml.tokenization import encode_batch
 
 log = logging.getLogger("bertml.score")
@@ -286,12 +297,13 @@ def _run_pipeline(cfg: ScoreConfig, todo: list[sh.ShardInfo], keep: list[str], m
     n_actors = cfg.num_actors or (max(1, int(gpus)) if use_gpu else 1)
     cpus = float(ray.cluster_resources().get("CPU", 1))
     threads = cfg.torch_threads or max(1, int(cpus // n_actors))
+    batch_size, max_tokens = batch_sizes(cfg, use_gpu)
     units = [{"shard": i, "row_group": g, "row_start": start}
              for i, info in enumerate(todo) for g, start in _row_groups(info)]
     ds = ray.data.from_items(units, override_num_blocks=max(1, len(units)))
     ds = ds.map_batches(ReadUnits(todo, cfg.text_column, keep), batch_size=1, batch_format="numpy")
     ds = ds.map_batches(
-        tokenize_stage, batch_size=cfg.batch_size, batch_format="pyarrow",
+        tokenize_stage, batch_size=batch_size, batch_format="pyarrow",
         fn_kwargs={"checkpoint": cfg.checkpoint, "max_length": max_length, "chunk": cfg.long_text == "chunk",
                    "stride": cfg.chunk_stride, "max_chunks": cfg.max_chunks, "trust_remote_code": cfg.trust_remote_code},
     )
@@ -299,11 +311,11 @@ def _run_pipeline(cfg: ScoreConfig, todo: list[sh.ShardInfo], keep: list[str], m
     # accepts warns of its removal in 2.64 (Ray Data's default there is unlimited retries).
     warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated", category=DeprecationWarning)
     ds = ds.map_batches(
-        Scorer, batch_size=cfg.batch_size, batch_format="pyarrow",
-        fn_constructor_kwargs={"checkpoint": cfg.checkpoint, "max_tokens": cfg.max_tokens, "precision": cfg.precision,
+        Scorer, batch_size=batch_size, batch_format="pyarrow",
+        fn_constructor_kwargs={"checkpoint": cfg.checkpoint, "max_tokens": max_tokens, "precision": cfg.precision,
                                "chunk_pooling": cfg.chunk_pooling, "top_k": cfg.top_k,
-                               "torch_threads": None if use_gpu else threads,
-                               "trust_remote_code": cfg.trust_remote_code},
+                               "torch_threads": None if use_gpu else threads, "cls_only": cfg.cls_only,
+                               "compile": cfg.compile, "trust_remote_code": cfg.trust_remote_code},
         compute=ray.data.ActorPoolStrategy(size=n_actors),
         num_gpus=1 if use_gpu else 0, num_cpus=cfg.cpus_per_actor,
         # A crashed actor is restarted and its batch retried, a bounded number of times.
@@ -311,6 +323,12 @@ def _run_pipeline(cfg: ScoreConfig, todo: list[sh.ShardInfo], keep: list[str], m
     )
     for block in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
         committer.add(block)
+
+
+def batch_sizes(cfg: ScoreConfig, use_gpu: bool) -> tuple[int, int]:
+    """(rows per Scorer call, token budget per forward pass): the config's, or the device's defaults."""
+    rows, tokens = GPU_BATCH if use_gpu else CPU_BATCH
+    return cfg.batch_size or rows, cfg.max_tokens or tokens
 
 
 def _restart_args(n: int) -> dict:

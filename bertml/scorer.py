@@ -5,7 +5,10 @@ Ray Data runs it on an actor pool and a test can call it on a plain table withou
 
 Inside a batch, windows are sorted by length and packed into forward passes under a
 token budget (rows x padded length <= max_tokens), so short texts never pay for long
-ones; padding is built with vectorised numpy, not per-row Python.
+ones; padding is built with vectorised numpy, not per-row Python. The last encoder layer
+runs for the [CLS] position only where the head reads nothing else (`model.fast_forward`).
+On a GPU the weights are cast to bf16/fp16 (no autocast casts per pass), passes are
+queued back to back and the probabilities come back in one copy per batch.
 """
 
 from __future__ import annotations
@@ -18,11 +21,16 @@ import pyarrow as pa
 import torch
 
 from bertml import checkpoint as ckpt_io
-from bertml.model import device_autocast, logits_to_probs
+from bertml.model import fast_forward, inference_dtype, logits_to_probs
 from bertml.tokenization import EMPTY
 
 INPUT_IDS, STATUS = "input_ids", "status"
 PROBS, TAGS, LABEL, SCORE, TOP_K = "probs", "tags", "label", "score", "top_k"
+
+# (rows per call, token budget per forward pass) when the config leaves them null. A GPU
+# wants big passes to fill its matrix units (jobs/bench_gpu.py); a CPU gains nothing past
+# ~16k tokens and keeps memory low (jobs/bench_score.py).
+CPU_BATCH, GPU_BATCH = (256, 16384), (2048, 131072)
 
 
 def _windows(input_ids: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -37,7 +45,7 @@ def _windows(input_ids: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndar
     return values, win_offsets - win_offsets[0], np.diff(row_offsets)
 
 
-def pack(lengths: np.ndarray, max_tokens: int, max_rows: int = 1024, slack: float = 1.15,
+def pack(lengths: np.ndarray, max_tokens: int, max_rows: int = 4096, slack: float = 1.15,
          extra: int = 8) -> list[np.ndarray]:
     """Indices of windows grouped into forward passes, shortest first.
 
@@ -78,11 +86,13 @@ class Scorer:
         self,
         checkpoint: str,
         *,
-        max_tokens: int = 16384,
+        max_tokens: int = CPU_BATCH[1],
         precision: str = "auto",
         chunk_pooling: str = "max",
         top_k: int = 0,
         torch_threads: int | None = None,
+        cls_only: bool = True,
+        compile: bool = False,
         trust_remote_code: bool = False,
     ):
         self.model, tokenizer, self.meta = ckpt_io.load(ckpt_io.localize(checkpoint), trust_remote_code)
@@ -90,28 +100,35 @@ class Scorer:
         self.device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
         if self.device.type == "cpu" and torch_threads:
             torch.set_num_threads(torch_threads)
-        self.model.to(self.device)
-        self.autocast, _ = device_autocast(self.device, precision)
+        # Checked in fp32 on the CPU, before the move: shared modules follow the model.
+        self.forward = fast_forward(self.model) if cls_only else self._full_forward
+        self.model.to(self.device, dtype=inference_dtype(self.device, precision))
+        if compile:  # one graph for all (B, T): packing makes every pass a new shape
+            self.forward = torch.compile(self.forward, dynamic=True)
         self.max_tokens, self.pooling, self.top_k = max_tokens, chunk_pooling, top_k
+        self.slack = 1.15  # see `pack`
         self.names = np.array(self.meta.labels, dtype=object)
         self.thresholds = np.asarray(self.meta.thresholds, dtype=np.float32) if self.meta.multi_label else None
+
+    def _full_forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
 
     # -- the hot path
     @torch.inference_mode()
     def window_probs(self, values: np.ndarray, offsets: np.ndarray) -> np.ndarray:
         """Probabilities [W, L] for every window."""
-        n_win = len(offsets) - 1
-        out = np.empty((n_win, len(self.names)), dtype=np.float32)
-        lengths = np.diff(offsets)
-        for idx in pack(lengths, self.max_tokens):
+        groups = pack(np.diff(offsets), self.max_tokens, slack=self.slack)
+        probs = []  # on the device until every pass is queued: no sync between passes
+        for idx in groups:
             ids, mask = pad_windows(values, offsets, idx, self.pad_id)
             ids_t, mask_t = torch.from_numpy(ids), torch.from_numpy(mask)
             if self.device.type == "cuda":
                 ids_t = ids_t.pin_memory().to(self.device, non_blocking=True)
                 mask_t = mask_t.pin_memory().to(self.device, non_blocking=True)
-            with self.autocast:
-                logits = self.model(input_ids=ids_t, attention_mask=mask_t).logits  # [B, L]
-            out[idx] = logits_to_probs(logits, self.meta.multi_label).cpu().numpy()
+            probs.append(logits_to_probs(self.forward(ids_t, mask_t), self.meta.multi_label))  # [B, L]
+        out = np.empty((len(offsets) - 1, len(self.names)), dtype=np.float32)
+        if groups:
+            out[np.concatenate(groups)] = torch.cat(probs).cpu().numpy()
         return out
 
     def row_probs(self, values: np.ndarray, offsets: np.ndarray, per_row: np.ndarray) -> np.ndarray:

@@ -336,31 +336,36 @@ def bert_shape(config) -> tuple[int, int, int]:
     return config.num_hidden_layers, config.hidden_size, config.intermediate_size
 
 
-def forward_flops(config, lengths, padded: int | None = None) -> float:
+def forward_flops(config, lengths, padded: int | None = None, cls_only: bool = False) -> float:
     """Forward FLOPs (multiply-add = 2) of the encoder for rows of `lengths` tokens.
 
     Per layer and token: 2*(4*d*d + 2*d*I) for the Q/K/V/output and FFN matmuls, plus
     4*T*d for QK^T and attention x V over a T-token sequence. `padded` evaluates every
-    row at that length (what a padded batch executes). Embeddings, LayerNorm, softmax,
-    pooler and head are left out (< 1% for these shapes).
+    row at that length (what a padded batch executes). `cls_only`: the last layer as
+    `bertml.model.ClsOnlyForward` runs it (K/V for every token, the rest for [CLS]).
+    Embeddings, LayerNorm, softmax, pooler and head are left out (< 1% for these shapes).
     """
     n_layers, d, inter = bert_shape(config)
     t = np.asarray(lengths, dtype=np.float64)
     if padded is not None:
         t = np.full_like(t, padded)
-    per_token = n_layers * (2 * (4 * d * d + 2 * d * inter) + 4 * t * d)
-    return float((per_token * t).sum())
+    per_layer = (2 * (4 * d * d + 2 * d * inter) + 4 * t * d) * t  # [rows]
+    if not cls_only:
+        return float(n_layers * per_layer.sum())
+    last = 2 * 2 * d * d * t + 2 * (2 * d * d + 2 * d * inter) + 4 * t * d  # K, V for all; Q, O, FFN, attention for one
+    return float(((n_layers - 1) * per_layer + last).sum())
 
 
-def packed_flops(config, lengths: np.ndarray, batch_rows: int, max_tokens: int) -> float:
+def packed_flops(config, lengths: np.ndarray, batch_rows: int, max_tokens: int, cls_only: bool = True,
+                 slack: float = 1.15) -> float:
     """FLOPs the Scorer executes: rows in `batch_rows` batches, packed by `bertml.scorer.pack`."""
     from bertml.scorer import pack
 
     total = 0.0
     for start in range(0, len(lengths), batch_rows):
         chunk = lengths[start : start + batch_rows]
-        for idx in pack(chunk, max_tokens):
-            total += forward_flops(config, chunk[idx], padded=int(chunk[idx].max()))
+        for idx in pack(chunk, max_tokens, slack=slack):
+            total += forward_flops(config, chunk[idx], padded=int(chunk[idx].max()), cls_only=cls_only)
     return total
 
 

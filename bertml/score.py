@@ -1,14 +1,18 @@
 """Bulk scoring on Ray Data: Parquet shards -> tokens -> probabilities/tags -> Parquet.
 
-    driver:  check checkpoint + shard footers -> plan (shard, row group) units, skipping
-             shards already committed
-    tasks:   read a row group (needed columns only) -> tokenize       (CPU, stateless)
+    driver:  check checkpoint + shard footers -> plan units (a row group, or a slice of
+             one of at most 4 x batch_size rows), skipping shards already committed
+    tasks:   read a unit (needed columns only) -> tokenize, one task per unit, yielding
+             blocks of batch_size rows                               (CPU, stateless)
     actors:  Scorer: length-bucketed forward passes -> probs, tags    (GPU, or CPU)
     driver:  gather rows per shard; when a shard has all its rows, commit its file
 
 The read is our own small stage rather than `read_parquet` because each row must carry
 (shard, row) for exactly-once accounting: a shard is committed only when every one of
-its rows is back, in input order, and no row is ever written twice.
+its rows is back, in input order, and no row is ever written twice. Read and tokenize
+are one function, not two fused `map_batches`: Ray Data bundles a fused stage's input
+up to the later stage's batch size, which put every unit into a single task (one busy
+core tokenizing for a GPU that sat idle 95% of the time; jobs/bench_gpu.py, section D).
 """
 
 from __future__ import annotations
@@ -70,6 +74,8 @@ class ScoreSummary:
     status: dict[str, int] = field(default_factory=dict)
     tag_counts: dict[str, int] = field(default_factory=dict)
     duplicate_ids: int = 0
+    units: int = 0  # read/tokenize units planned (row groups or slices of them)
+    read_tasks: int | None = None  # Ray tasks that ran them (one each, spread over the cores)
 
     @property
     def rows_per_s(self) -> float:
@@ -80,7 +86,8 @@ class ScoreSummary:
             f"output            {self.output}",
             f"rows scored       {self.rows}  ({self.rows_per_s:.1f} rows/s over {self.seconds:.1f} s)",
             f"shards            {self.shards_scored} scored, {self.shards_resumed} already done, "
-            f"{len(self.shards_skipped)} skipped as bad",
+            f"{len(self.shards_skipped)} skipped as bad; {self.units} read/tokenize units"
+            + (f" in {self.read_tasks} tasks" if self.read_tasks is not None else ""),
             "status            " + ", ".join(f"{k}={v}" for k, v in sorted(self.status.items())),
         ]
         if self.duplicate_ids:
@@ -97,20 +104,29 @@ class ScoreSummary:
 
 
 class ReadUnits:
-    """map_batches fn: (shard, row_group) units -> rows with (_shard, _row) and the needed columns."""
+    """map_batches fn: units (shard, row_group, row_start, offset, rows) -> tokenized blocks.
 
-    def __init__(self, infos: list[sh.ShardInfo], text_column: str, keep: list[str]):
+    Each unit's rows are read (needed columns only), then tokenized and yielded in blocks
+    of at most `block_rows` rows carrying (_shard, _row), so a task's memory stays small.
+    """
+
+    def __init__(self, infos: list[sh.ShardInfo], text_column: str, keep: list[str], block_rows: int,
+                 tokenize: dict):
         self.infos, self.text_column, self.keep = infos, text_column, keep
+        self.block_rows, self.tokenize = block_rows, tokenize
 
-    def __call__(self, units: dict) -> pa.Table:
-        tables = [self.read(int(s), int(g), int(r0)) for s, g, r0 in zip(units["shard"], units["row_group"], units["row_start"])]
-        return pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
+    def __call__(self, units: dict):
+        for s, g, r0, off, n in zip(units["shard"], units["row_group"], units["row_start"], units["offset"], units["rows"]):
+            table = self.read(int(s), int(g), int(r0), int(off), int(n))
+            for start in range(0, table.num_rows, self.block_rows):
+                yield tokenize_stage(table.slice(start, self.block_rows), **self.tokenize)
 
-    def read(self, s: int, group: int, row_start: int) -> pa.Table:
+    def read(self, s: int, group: int, row_start: int, offset: int = 0, rows: int | None = None) -> pa.Table:
         info = self.infos[s]
         try:
             with info.shard.fs.open_input_file(info.shard.path) as f:
                 t = pq.ParquetFile(f).read_row_group(group, columns=[self.text_column, *self.keep])
+            t = t.slice(offset, rows)
             text = _as_text(t.column(self.text_column))
         except Exception as e:  # noqa: BLE001 - a bad row group flags its shard, never the run
             return _error_table(s, info, self.keep, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
@@ -298,15 +314,13 @@ def _run_pipeline(cfg: ScoreConfig, todo: list[sh.ShardInfo], keep: list[str], m
     cpus = float(ray.cluster_resources().get("CPU", 1))
     threads = cfg.torch_threads or max(1, int(cpus // n_actors))
     batch_size, max_tokens = batch_sizes(cfg, use_gpu)
-    units = [{"shard": i, "row_group": g, "row_start": start}
-             for i, info in enumerate(todo) for g, start in _row_groups(info)]
+    units = [u for i, info in enumerate(todo) for u in plan_units(i, info, UNIT_BATCHES * batch_size)]
+    tokenize = {"checkpoint": cfg.checkpoint, "max_length": max_length, "chunk": cfg.long_text == "chunk",
+                "stride": cfg.chunk_stride, "max_chunks": cfg.max_chunks, "trust_remote_code": cfg.trust_remote_code}
+    # One unit per block and per task (batch_size=1), so units spread over every free core.
     ds = ray.data.from_items(units, override_num_blocks=max(1, len(units)))
-    ds = ds.map_batches(ReadUnits(todo, cfg.text_column, keep), batch_size=1, batch_format="numpy")
-    ds = ds.map_batches(
-        tokenize_stage, batch_size=batch_size, batch_format="pyarrow",
-        fn_kwargs={"checkpoint": cfg.checkpoint, "max_length": max_length, "chunk": cfg.long_text == "chunk",
-                   "stride": cfg.chunk_stride, "max_chunks": cfg.max_chunks, "trust_remote_code": cfg.trust_remote_code},
-    )
+    ds = ds.map_batches(ReadUnits(todo, cfg.text_column, keep, batch_size, tokenize), batch_size=1,
+                        batch_format="numpy")
     # Ray 2.60 has no named parameter for actor restarts; the remote-args hook it still
     # accepts warns of its removal in 2.64 (Ray Data's default there is unlimited retries).
     warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated", category=DeprecationWarning)
@@ -323,6 +337,16 @@ def _run_pipeline(cfg: ScoreConfig, todo: list[sh.ShardInfo], keep: list[str], m
     )
     for block in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
         committer.add(block)
+    committer.summary.units = len(units)
+    committer.summary.read_tasks = _tasks_of(ds.stats(), "ReadUnits")
+
+
+def _tasks_of(stats: str, stage: str) -> int | None:
+    """Tasks Ray Data ran for `stage` (from its stats text; None if the format changed)."""
+    import re
+
+    m = re.search(rf"MapBatches\({stage}\)[^:\n]*: (\d+) tasks executed", stats)
+    return int(m.group(1)) if m else None
 
 
 def batch_sizes(cfg: ScoreConfig, use_gpu: bool) -> tuple[int, int]:
@@ -335,13 +359,22 @@ def _restart_args(n: int) -> dict:
     return {"max_restarts": n, "max_task_retries": n}
 
 
-def _row_groups(info: sh.ShardInfo):
+UNIT_BATCHES = 4  # rows per read/tokenize task, in Scorer batches: small enough to spread over cores
+
+
+def plan_units(s: int, info: sh.ShardInfo, max_rows: int) -> list[dict]:
+    """Shard `s`'s row groups as units of at most `max_rows` rows (a big row group is read
+    once per slice: reading is cheap next to tokenizing, and the slices tokenize in parallel)."""
     with info.shard.fs.open_input_file(info.shard.path) as f:
         md = pq.ParquetFile(f).metadata
-    start = 0
+    units, start = [], 0
     for g in range(md.num_row_groups):
-        yield g, start
-        start += md.row_group(g).num_rows
+        n = md.row_group(g).num_rows
+        for off in range(0, n, max_rows):
+            units.append({"shard": s, "row_group": g, "row_start": start + off, "offset": off,
+                          "rows": min(max_rows, n - off)})
+        start += n
+    return units
 
 
 class _Committer:

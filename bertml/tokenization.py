@@ -20,8 +20,8 @@ _VISIBLE = re.compile(r"[^\s\x00-\x1f\x7f-\x9f\u200b-\u200f\u2060\ufeff]")
 OK, EMPTY, TRUNCATED, CHUNKED = "ok", "empty", "truncated", "chunked"
 
 # A token covers at most ~100 characters (WordPiece's max word length), so characters
-# past this many per token cannot change a truncated encoding; cutting them first keeps
-# memory and time bounded on pathological (e.g. 100 MB) texts.
+# past this many per needed token cannot change the kept windows; cutting them first
+# keeps memory and time bounded on pathological (e.g. 100 MB) texts.
 _CHARS_PER_TOKEN_CAP = 128
 
 
@@ -42,6 +42,16 @@ def clean_text(text: object) -> str | None:
     return text
 
 
+def special_tokens(tokenizer) -> tuple[list[int], list[int]]:
+    """(prefix, suffix) ids the tokenizer puts around one text, e.g. ([CLS], [SEP]) or ([<s>], [</s>])."""
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    full = tokenizer("a")["input_ids"]
+    for i in range(len(full) - len(plain) + 1):
+        if full[i : i + len(plain)] == plain:
+            return full[:i], full[i + len(plain) :]
+    raise ValueError(f"{type(tokenizer).__name__}: cannot find the text inside its special-token template {full}")
+
+
 def encode_batch(
     tokenizer,
     texts: Sequence[object],
@@ -55,44 +65,40 @@ def encode_batch(
 
     Returns (input_ids, status) per input row:
       input_ids: list<list<int32>>, the row's windows (truncate: one; chunk: up to
-                 max_chunks overlapping windows; empty text: none)
+                 max_chunks windows sharing `stride` tokens; empty text: none), each
+                 wrapped in the tokenizer's special tokens and at most max_length long
       status:    ok | empty | truncated | chunked  (object array of str)
+
+    Windows are cut here from the text's full token ids rather than by the tokenizer's
+    `return_overflowing_tokens`, whose windows differ between `tokenizers` releases
+    (0.23.2 returned 2 windows where 6 were due, silently dropping the rest of the text).
     """
+    prefix, suffix = special_tokens(tokenizer)
+    width = max_length - len(prefix) - len(suffix)  # text tokens per window
+    step = width - (stride if chunk else 0)
+    if width < 1 or step < 1:
+        raise ValueError(f"max_length {max_length} leaves {width} text tokens per window after the special tokens; "
+                         f"it must be above {len(prefix) + len(suffix) + (stride if chunk else 0)} (stride {stride})")
+    limit = max_chunks if chunk else 1
     cleaned = [clean_text(t) for t in texts]
     keep = [i for i, t in enumerate(cleaned) if t is not None]
     status = np.full(len(cleaned), EMPTY, dtype=object)
     per_row = np.zeros(len(cleaned), dtype=np.int64)
     kept: list[list[int]] = []
     if keep:
-        todo = [cleaned[i] for i in keep]
-        if not chunk:
-            cap = max_length * _CHARS_PER_TOKEN_CAP
-            todo = [t[:cap] for t in todo]
-        enc = tokenizer(
-            todo,
-            truncation=True,
-            max_length=max_length,
-            stride=stride if chunk else 0,
-            return_overflowing_tokens=True,
-            return_attention_mask=False,
-            return_token_type_ids=False,
-        )
-        produced = np.zeros(len(cleaned), dtype=np.int64)
-        limit = max_chunks if chunk else 1
-        for ids, owner in zip(enc["input_ids"], enc["overflow_to_sample_mapping"]):
-            row = keep[owner]
-            produced[row] += 1
-            if per_row[row] < limit:
-                kept.append(ids)
-                per_row[row] += 1
-        for j, i in enumerate(keep):
-            cut = len(todo[j]) < len(cleaned[i])
-            if produced[i] > limit or cut:
+        cap = limit * width * _CHARS_PER_TOKEN_CAP
+        todo = [cleaned[i][:cap] for i in keep]
+        ids = tokenizer(todo, add_special_tokens=False, return_attention_mask=False,
+                        return_token_type_ids=False, verbose=False)["input_ids"]
+        for i, text, row in zip(keep, todo, ids):
+            n_win = 1 if len(row) <= width else 1 + -(-(len(row) - width) // step)  # ceil
+            for k in range(min(n_win, limit)):
+                kept.append(prefix + row[k * step : k * step + width] + suffix)
+            per_row[i] = min(n_win, limit)
+            if n_win > limit or len(text) < len(cleaned[i]):
                 status[i] = TRUNCATED
-            elif produced[i] > 1:
-                status[i] = CHUNKED
             else:
-                status[i] = OK
+                status[i] = CHUNKED if n_win > 1 else OK
     lengths = np.fromiter((len(w) for w in kept), dtype=np.int32, count=len(kept))
     values = np.fromiter((t for w in kept for t in w), dtype=np.int32, count=int(lengths.sum()))
     windows = pa.ListArray.from_arrays(pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)), pa.array(values))

@@ -80,7 +80,7 @@ def test_scorer_cls_only_matches_full(multi_ckpt):
     tok = ckpt_io.load(multi_ckpt)[1]
     ids, status = encode_batch(tok, ["football match", "bank 足球 比赛 today", None, "chip " * 40], 64)
     table = pa.table({"input_ids": ids, "status": pa.array(status, pa.string())})
-    fast, full = Scorer(multi_ckpt), Scorer(multi_ckpt, cls_only=False)
+    fast, full = Scorer(multi_ckpt, precision="fp32"), Scorer(multi_ckpt, precision="fp32", cls_only=False)
     assert isinstance(fast.forward, bm.ClsOnlyForward)
     a = fast(table).column("probs").to_pylist()
     b = full(table).column("probs").to_pylist()

@@ -30,7 +30,9 @@ def write_shards(folder, n_shards=3, rows=40, seed=0):
 
 
 def cfg(ckpt, inp, out, *extra):
-    return load(ScoreConfig, None, [f"checkpoint={ckpt}", f"input={inp}", f"output={out}", "batch_size=32", *extra])
+    # fp32 also on GPU machines: these tests compare with a CPU forward at 1e-5.
+    return load(ScoreConfig, None, [f"checkpoint={ckpt}", f"input={inp}", f"output={out}", "batch_size=32",
+                                    "precision=fp32", *extra])
 
 
 def read(out):
@@ -67,6 +69,20 @@ def test_every_row_once_with_passthrough_and_exact_probs(ray_local, multi_ckpt, 
     meta = pq.read_schema(os.path.join(tmp_path / "out", "part-000.parquet")).metadata
     assert json.loads(meta[b"bertml.labels"]) == list(names)
     assert meta[b"bertml.fingerprint"].decode() == ckpt_io.fingerprint(multi_ckpt)
+
+
+def test_big_row_groups_are_split_into_parallel_units(ray_local, multi_ckpt, tmp_path):
+    # One 300-row row group, 32-row batches: units of 4 x 32 rows, each its own Ray task.
+    os.makedirs(tmp_path / "in")
+    data = make_rows(300, seed=7)
+    pq.write_table(pa.table({"id": [r["id"] for r in data], "text": [r["text"] for r in data]}),
+                   tmp_path / "in" / "one.parquet", row_group_size=1000)
+    summary = score(cfg(multi_ckpt, tmp_path / "in", tmp_path / "out"))
+    assert summary.units == 3 and summary.read_tasks == 3
+    out = read(tmp_path / "out")
+    assert out.column("id").to_pylist() == [r["id"] for r in data]
+    np.testing.assert_allclose(np.array(out.column("probs").to_pylist(), dtype=np.float32),
+                               direct_probs(multi_ckpt, [r["text"] for r in data]), atol=1e-5)
 
 
 def test_odd_texts_all_present_with_status(ray_local, multi_ckpt, tmp_path):

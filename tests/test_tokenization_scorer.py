@@ -34,6 +34,21 @@ def test_chunk_mode_windows_overlap(tok):
     assert status.tolist() == ["truncated"] and len(ids.to_pylist()[0]) == 2
 
 
+@pytest.mark.parametrize("n_words", [1, 7, 13, 14, 29, 61])
+def test_chunk_windows_cover_the_whole_text_exactly(tok, n_words):
+    text = " ".join(["tennis", "bank", "足球", "software"][i % 4] for i in range(n_words))
+    full = tok(text, add_special_tokens=False)["input_ids"]
+    (windows,), (status,) = [x.to_pylist() if hasattr(x, "to_pylist") else list(x)
+                             for x in encode_batch(tok, [text], 16, chunk=True, stride=4)]
+    cls, sep = tok.cls_token_id, tok.sep_token_id
+    assert all(w[0] == cls and w[-1] == sep and len(w) <= 16 for w in windows)
+    inner = [w[1:-1] for w in windows]
+    assert all(a[-4:] == b[:4] for a, b in zip(inner, inner[1:]))  # consecutive windows share 4 tokens
+    rebuilt = inner[0] + [t for w in inner[1:] for t in w[4:]]
+    assert rebuilt == full  # nothing lost, nothing repeated
+    assert status == ("chunked" if len(full) > 14 else "ok")
+
+
 def test_pack_respects_token_budget_and_covers_all():
     lengths = np.array([5, 100, 7, 60, 3, 3, 90])
     groups = pack(lengths, max_tokens=200)
@@ -53,7 +68,7 @@ def test_scorer_on_plain_batch_matches_direct_forward(multi_ckpt, tok):
 
     texts = ["football match", None, "bank 足球 比赛 today and more words here", "chip"]
     ids, status = encode_batch(tok, texts, 64)
-    scorer = Scorer(multi_ckpt, max_tokens=16)  # tiny budget: several forward passes
+    scorer = Scorer(multi_ckpt, max_tokens=16, precision="fp32")  # tiny budget: several forward passes
     out = scorer(pa.table({"id": ["a", "b", "c", "d"], "input_ids": ids, "status": pa.array(status, pa.string())}))
     assert out.column_names == ["id", "status", "probs", "tags"]
     probs = out.column("probs").to_pylist()
@@ -70,7 +85,7 @@ def test_scorer_on_plain_batch_matches_direct_forward(multi_ckpt, tok):
 def test_chunk_pooling_equals_pool_of_window_probs(multi_ckpt, tok, pooling):
     text = "tennis match bank " * 20 + "software chip 足球"
     ids, status = encode_batch(tok, [text, "goal"], 16, chunk=True, stride=4)
-    scorer = Scorer(multi_ckpt, chunk_pooling=pooling)
+    scorer = Scorer(multi_ckpt, chunk_pooling=pooling, precision="fp32")
     out = scorer(pa.table({"input_ids": ids, "status": pa.array(status, pa.string())}))
     windows = ids.to_pylist()[0]
     flat = np.concatenate(windows).astype(np.int32)

@@ -23,6 +23,10 @@ OK, EMPTY, TRUNCATED, CHUNKED = "ok", "empty", "truncated", "chunked"
 # past this many per needed token cannot change the kept windows; cutting them first
 # keeps memory and time bounded on pathological (e.g. 100 MB) texts.
 _CHARS_PER_TOKEN_CAP = 128
+# Truncating, a long text is first tokenized only up to a word boundary this many
+# characters per needed token in (prose runs ~4-6 per token): a 5,000-word article cut to
+# 256 tokens no longer pays for the words it drops. Too short a cut is detected and redone.
+_CHARS_PER_TOKEN_GUESS = 8
 
 
 def clean_text(text: object) -> str | None:
@@ -88,8 +92,7 @@ def encode_batch(
     if keep:
         cap = limit * width * _CHARS_PER_TOKEN_CAP
         todo = [cleaned[i][:cap] for i in keep]
-        ids = tokenizer(todo, add_special_tokens=False, return_attention_mask=False,
-                        return_token_type_ids=False, verbose=False)["input_ids"]
+        ids = _token_ids(tokenizer, todo, None if chunk else width)
         for i, text, row in zip(keep, todo, ids):
             n_win = 1 if len(row) <= width else 1 + -(-(len(row) - width) // step)  # ceil
             for k in range(min(n_win, limit)):
@@ -104,6 +107,46 @@ def encode_batch(
     windows = pa.ListArray.from_arrays(pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)), pa.array(values))
     rows = pa.ListArray.from_arrays(pa.array(np.concatenate([[0], np.cumsum(per_row)]).astype(np.int32)), windows)
     return rows, status
+
+
+def _token_ids(tokenizer, texts: list[str], need: int | None) -> list[list[int]]:
+    """Token ids of `texts` without special tokens.
+
+    With `need` (truncation), each long text is first cut at a word boundary near
+    `need` x _CHARS_PER_TOKEN_GUESS characters. Tokenizers that split words at whitespace
+    (BERT, byte-level BPE, SentencePiece with whitespace splitting) give the cut text the
+    same leading tokens as the whole text; a cut that yields no more than `need` tokens
+    may have dropped some that fit, so that row is tokenized again in full. The leading
+    `need` tokens, and whether there are more, are always those of the whole text.
+    """
+    kw = {"add_special_tokens": False, "return_attention_mask": False, "return_token_type_ids": False,
+          "verbose": False}
+    limit = (need or 0) * _CHARS_PER_TOKEN_GUESS
+    cut = [_word_cut(t, limit) if need and len(t) > limit else None for t in texts]
+    if not any(c is not None for c in cut) or not _splits_at_whitespace(tokenizer):
+        return tokenizer(texts, **kw)["input_ids"]
+    ids = tokenizer([t if c is None else t[:c] for t, c in zip(texts, cut)], **kw)["input_ids"]
+    redo = [j for j, (c, row) in enumerate(zip(cut, ids)) if c is not None and len(row) <= need]
+    if redo:
+        for j, row in zip(redo, tokenizer([texts[j] for j in redo], **kw)["input_ids"]):
+            ids[j] = row
+    return ids
+
+
+def _word_cut(text: str, limit: int) -> int | None:
+    """Index of the last space, tab or newline in text[limit // 2 : limit] (cut there), or None."""
+    at = max(text.rfind(c, limit // 2, limit) for c in " \n\t")
+    return at if at > 0 else None
+
+
+def _splits_at_whitespace(tokenizer) -> bool:
+    """True when the tokenizer's pre-tokenizer separates words at whitespace."""
+    try:
+        pre = tokenizer.backend_tokenizer.pre_tokenizer
+        pieces = [p for p, _ in pre.pre_tokenize_str("ab cd")] if pre is not None else []
+    except Exception:  # noqa: BLE001 - an unusual tokenizer: take the always-exact path
+        return False
+    return len(pieces) >= 2 and not any("ab" in p and "cd" in p for p in pieces)
 
 
 def pad(rows: Sequence[np.ndarray], pad_id: int, pad_to: int | None = None) -> tuple[np.ndarray, np.ndarray]:

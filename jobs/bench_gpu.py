@@ -90,6 +90,18 @@ def timed(fn, warmup: int = 2):
     return time.perf_counter() - t0
 
 
+def fixed_batch(rows: int, seq: int, seed: int):
+    """An Arrow batch as the tokenize stage makes it: `rows` rows of one `seq`-token window."""
+    import pyarrow as pa
+
+    ids = np.random.default_rng(seed).integers(1000, 30000, size=(rows, seq), dtype=np.int32)
+    ids[:, 0], ids[:, -1] = 101, 102  # [CLS] ... [SEP]
+    offsets = np.arange(rows + 1, dtype=np.int32)
+    windows = pa.ListArray.from_arrays(pa.array(offsets * seq), pa.array(ids.ravel()))
+    return pa.table({"input_ids": pa.ListArray.from_arrays(pa.array(offsets), windows),
+                     "status": pa.array(["ok"] * rows)})
+
+
 def synthetic_texts(words: list[str], n: int, seed: int, long_frac: float = 0.2) -> list[str]:
     """Length-skewed texts of vocabulary words: 80% 10-40 words, `long_frac` 200-600 words."""
     rng = np.random.default_rng(seed)

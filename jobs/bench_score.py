@@ -2,7 +2,6 @@
 
     .venv/bin/python jobs/bench_score.py                       # ~3-4 min on 2 idle CPU cores
     .venv/bin/python jobs/bench_score.py --rows 200 --pipeline-rows 64   # quick look
-    .venv/bin/python jobs/bench_score.py --gpu-report --peak-flops 989e12  # on a GPU box
 
 Model: MiniLM-L6 (the packaged all-MiniLM-L6-v2) with a fresh 10-label multi-label head,
 thresholds 0.5, max_length 256 (flag), saved as a bertml checkpoint in a temp folder.
@@ -26,8 +25,7 @@ gcs and workers), sampled every 2 s (every 0.5 s cost 0.05 core here) during the
 10*N runs; must stay flat (10N/N <= 1.2).
 Shared machines: before each timed part the script waits (--wait-quiet) for the box to be
 idle, and every row reports the share of the cores other processes used meanwhile.
-GPU section (with CUDA or --gpu-report): BERT-base (BertConfig() defaults, random init),
-seq 128, bf16, through the Scorer; MFU = achieved forward FLOPs / --peak-flops.
+GPU figures (BERT-base rows/s and MFU, end to end on a GPU actor): jobs/bench_gpu.py.
 """
 
 from __future__ import annotations
@@ -61,12 +59,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--wait-quiet", type=float, default=60, help="before each timed part, wait up to this many s "
                    "for the machine to be idle (shared boxes); 0: don't wait")
     p.add_argument("--workdir", default=None, help="keep checkpoint/corpus/outputs here (default: a temp folder, deleted)")
-    p.add_argument("--gpu-report", action="store_true", help="run the GPU section (skipped without CUDA)")
-    p.add_argument("--peak-flops", type=float, default=989e12, help="accelerator peak FLOP/s for MFU (H100 bf16 dense)")
-    p.add_argument("--gpu-rows", type=int, default=65536, help="GPU section: rows scored")
-    p.add_argument("--gpu-batch", type=int, default=4096, help="GPU section: rows per Scorer call")
-    p.add_argument("--gpu-max-tokens", type=int, default=131072, help="GPU section: Scorer token budget per pass")
-    p.add_argument("--gpu-seq", type=int, default=128, help="GPU section: tokens per row")
     return p.parse_args(argv)
 
 
@@ -128,54 +120,6 @@ def run_score(ckpt: str, data: str, out: str, args) -> tuple[bc.MemoryPeak, obje
     with bc.TreeMemory() as mon:
         summary = score(cfg)
     return mon.peak, summary
-
-
-# ----------------------------------------------------------------------------- GPU
-
-
-def fixed_batch(rows: int, seq: int, seed: int):
-    """An Arrow batch as the tokenize stage makes it: `rows` rows of one `seq`-token window."""
-    import pyarrow as pa
-
-    ids = np.random.default_rng(seed).integers(1000, 30000, size=(rows, seq), dtype=np.int32)
-    ids[:, 0], ids[:, -1] = 101, 102  # [CLS] ... [SEP]
-    offsets = np.arange(rows + 1, dtype=np.int32)
-    windows = pa.ListArray.from_arrays(pa.array(offsets * seq), pa.array(ids.ravel()))
-    return pa.table({"input_ids": pa.ListArray.from_arrays(pa.array(offsets), windows),
-                     "status": pa.array(["ok"] * rows)})
-
-
-def rows_per_s(scorer, batch, n_batches: int, sync=lambda: None) -> float:
-    for _ in range(3):
-        scorer(batch)
-    sync()
-    t0 = time.perf_counter()
-    for _ in range(n_batches):
-        scorer(batch)
-    sync()
-    return n_batches * batch.num_rows / (time.perf_counter() - t0)
-
-
-def gpu_section(args, work: str, encoder: str) -> list[str]:
-    """BERT-base (random init) at seq `--gpu-seq` in bf16 through the Scorer: rows/s and MFU."""
-    import torch
-    from transformers import BertConfig
-
-    from bertml.scorer import Scorer
-
-    if not torch.cuda.is_available():
-        return ["GPU section skipped: CUDA is not available on this machine."]
-    seq = args.gpu_seq
-    ckpt = bc.random_bert_checkpoint(os.path.join(work, "bert_base"), encoder, 10, seq)
-    scorer = Scorer(ckpt, max_tokens=args.gpu_max_tokens, precision="bf16")
-    n_batches = max(1, args.gpu_rows // args.gpu_batch)
-    rps = rows_per_s(scorer, fixed_batch(args.gpu_batch, seq, args.seed), n_batches, torch.cuda.synchronize)
-    flops = bc.forward_flops(BertConfig(), [seq])
-    header = ["GPU: BERT-base fwd, Scorer", "rows", "seq", "rows/s", "TFLOP/s", "MFU"]
-    row = [f"{torch.cuda.get_device_name(0)} bf16", str(n_batches * args.gpu_batch), str(seq), f"{rps:.0f}",
-           f"{rps * flops / 1e12:.1f}", f"{100 * rps * flops / args.peak_flops:.1f}%"]
-    return [bc.table([row], header), f"(MFU = rows/s x {flops / 1e9:.2f} GFLOP/row / peak {args.peak_flops:.3g} FLOP/s; "
-            f"max_tokens {args.gpu_max_tokens}, {args.gpu_batch} rows per call)"]
 
 
 # ----------------------------------------------------------------------------- main
@@ -295,10 +239,7 @@ def main(argv=None) -> int:
         print(f"memory_ratio_10n_vs_n={ratio:.2f} ({'flat, <= 1.2' if ratio <= 1.2 else 'NOT flat, > 1.2'}; "
               f"peak-RSS bound {mon_n10.hwm / mon_n.hwm:.2f})")
     print()
-    if args.gpu_report or _cuda():
-        print("\n".join(gpu_section(args, work, encoder)))
-    else:
-        print("GPU section skipped: CUDA is not available (pass --gpu-report on a GPU machine).")
+    print("GPU figures: jobs/bench_gpu.py")
     if not args.workdir:
         shutil.rmtree(work, ignore_errors=True)
     timed = [mon_pipe, mon_sc_sub, mon_sc_n, mon_n] + ([mon_n10] if mon_n10 else [])
@@ -309,12 +250,6 @@ def main(argv=None) -> int:
     headline = warm_rps if warm_rps else n / mon_n.wall_s
     print(f"speedup_vs_hf_pipeline={headline / pipe_rps:.2f}")
     return 0
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 if __name__ == "__main__":

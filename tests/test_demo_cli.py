@@ -41,7 +41,7 @@ def test_help_lists_every_key(command):
 def test_config_errors_exit_2_with_one_line(capsys):
     assert main(["score", "checkpoint=x", "input=y", "output=z", "batch_size=many"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == "bertml score: config error: batch_size: expected int, got 'many'"
+    assert err == "bertml score: config error: batch_size: expected int | null, got 'many'"
 
 
 def test_input_errors_exit_2_with_one_line(tmp_path, multi_ckpt, capsys):

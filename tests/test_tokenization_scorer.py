@@ -94,3 +94,73 @@ def test_chunk_pooling_equals_pool_of_window_probs(multi_ckpt, tok, pooling):
     expected = per_window.max(0) if pooling == "max" else per_window.mean(0)
     np.testing.assert_allclose(out.column("probs")[0].as_py(), expected, atol=1e-6)
     assert len(windows) > 2 and status[0] == "chunked"
+
+
+def test_truncation_tokenizes_only_what_it_needs_and_matches_the_full_text(tok):
+    import bertml.tokenization as tz
+
+    class Recording:  # the real tokenizer, noting the longest text of each call
+        def __init__(self, inner):
+            self.inner, self.calls = inner, []
+
+        def __call__(self, texts, **kw):
+            self.calls.append(max(map(len, texts)) if isinstance(texts, list) else len(texts))
+            return self.inner(texts, **kw)
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+    long_en = " ".join(["tennis", "match", "bank", "software", "chip"] * 400)  # 10k chars: cut near 240
+    texts = [long_en, "x" * 3000 + " tail", "supercalifragilistic " * 300, "足球比赛" * 2000, "goal", "a " * 5000]
+    rec = Recording(tok)
+    ids, status = encode_batch(rec, texts[:1], 32)
+    assert rec.calls[-1] <= 30 * tz._CHARS_PER_TOKEN_GUESS  # the 10k-character text was not tokenized whole
+    assert ids.to_pylist() == [[tok(long_en, truncation=True, max_length=32)["input_ids"]]] and status[0] == "truncated"
+    ids, status = encode_batch(rec, texts, 32)
+    for text, windows in zip(texts, ids.to_pylist()):  # exactly the whole text's leading tokens
+        assert windows == [tok(text, truncation=True, max_length=32)["input_ids"]]
+    assert list(status) == ["truncated", "ok", "truncated", "truncated", "ok", "truncated"]
+    assert tz._splits_at_whitespace(tok) and tz._word_cut("x" * 3000, 240) is None
+
+
+def _trained_tokenizer(kind: str):
+    """A tiny RoBERTa-style (byte-level BPE) or XLM-R-style (SentencePiece unigram) tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    special = ["<s>", "<pad>", "</s>", "<unk>"]
+    corpus = [" ".join(["tennis", "match,", "bank", "software's", "chip.", "goal!", "Übung", "naïve"][i % 8:]) * 3
+              for i in range(64)]
+    if kind == "bpe":
+        tk = Tokenizer(models.BPE())
+        tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tk.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=special,
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    else:
+        tk = Tokenizer(models.Unigram())
+        tk.pre_tokenizer = pre_tokenizers.Metaspace()
+        tk.decoder = decoders.Metaspace()
+        trainer = trainers.UnigramTrainer(vocab_size=120, special_tokens=special, unk_token="<unk>")
+    tk.train_from_iterator(corpus, trainer)
+    s, e = tk.token_to_id("<s>"), tk.token_to_id("</s>")
+    tk.post_processor = processors.TemplateProcessing(single="<s> $A </s>", special_tokens=[("<s>", s), ("</s>", e)])
+    return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                   pad_token="<pad>", cls_token="<s>", sep_token="</s>")
+
+
+@pytest.mark.parametrize("kind", ["bpe", "unigram"])
+def test_windows_match_the_tokenizer_for_other_tokenizer_families(kind):
+    from bertml.tokenization import special_tokens
+
+    t = _trained_tokenizer(kind)
+    assert special_tokens(t) == ([t.bos_token_id], [t.eos_token_id])
+    texts = ["tennis  match,\nbank software's chip. " * 200, "Übung naïve\tgoal! " * 150, "goal"]
+    ids, status = encode_batch(t, texts, 24)
+    for text, windows in zip(texts, ids.to_pylist()):
+        assert windows == [t(text, truncation=True, max_length=24)["input_ids"]]
+    assert list(status) == ["truncated", "truncated", "ok"]
+    full = t(texts[0], add_special_tokens=False)["input_ids"]
+    ids, _ = encode_batch(t, texts[:1], 24, chunk=True, stride=5, max_chunks=1000)
+    inner = [w[1:-1] for w in ids.to_pylist()[0]]
+    assert inner[0] + [x for w in inner[1:] for x in w[5:]] == full

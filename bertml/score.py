@@ -1,7 +1,7 @@
 """Bulk scoring on Ray Data: Parquet shards -> tokens -> probabilities/tags -> Parquet.
 
-    driver:  check checkpoint + shard footers -> plan units (a row group, or a slice of
-             one of at most 4 x batch_size rows), skipping shards already committed
+    driver:  check checkpoint + shard footers -> plan units of at most 4 x batch_size
+             rows (runs of small row groups, slices of big ones), skipping committed shards
     tasks:   read a unit (needed columns only) -> tokenize, one task per unit, yielding
              blocks of batch_size rows                               (CPU, stateless)
     actors:  Scorer: length-bucketed forward passes -> probs, tags    (GPU, or CPU)
@@ -104,7 +104,7 @@ class ScoreSummary:
 
 
 class ReadUnits:
-    """map_batches fn: units (shard, row_group, row_start, offset, rows) -> tokenized blocks.
+    """map_batches fn: units (see `plan_units`) -> tokenized blocks.
 
     Each unit's rows are read (needed columns only), then tokenized and yielded in blocks
     of at most `block_rows` rows carrying (_shard, _row), so a task's memory stays small.
@@ -116,16 +116,18 @@ class ReadUnits:
         self.block_rows, self.tokenize = block_rows, tokenize
 
     def __call__(self, units: dict):
-        for s, g, r0, off, n in zip(units["shard"], units["row_group"], units["row_start"], units["offset"], units["rows"]):
-            table = self.read(int(s), int(g), int(r0), int(off), int(n))
+        keys = ("shard", "first_group", "groups", "row_start", "offset", "rows")
+        for s, g0, k, r0, off, n in zip(*(units[key] for key in keys)):
+            table = self.read(int(s), range(int(g0), int(g0) + int(k)), int(r0), int(off), int(n))
             for start in range(0, table.num_rows, self.block_rows):
                 yield tokenize_stage(table.slice(start, self.block_rows), **self.tokenize)
 
-    def read(self, s: int, group: int, row_start: int, offset: int = 0, rows: int | None = None) -> pa.Table:
+    def read(self, s: int, groups: range, row_start: int, offset: int = 0, rows: int | None = None) -> pa.Table:
+        """Rows [offset, offset + rows) of row groups `groups` of shard `s`; row_start: the first one's row in the shard."""
         info = self.infos[s]
         try:
             with info.shard.fs.open_input_file(info.shard.path) as f:
-                t = pq.ParquetFile(f).read_row_group(group, columns=[self.text_column, *self.keep])
+                t = pq.ParquetFile(f).read_row_groups(list(groups), columns=[self.text_column, *self.keep])
             t = t.slice(offset, rows)
             text = _as_text(t.column(self.text_column))
         except Exception as e:  # noqa: BLE001 - a bad row group flags its shard, never the run
@@ -338,14 +340,17 @@ def _run_pipeline(cfg: ScoreConfig, todo: list[sh.ShardInfo], keep: list[str], m
     for block in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
         committer.add(block)
     committer.summary.units = len(units)
-    committer.summary.read_tasks = _tasks_of(ds.stats(), "ReadUnits")
+    committer.summary.read_tasks = _tasks_of(ds, "ReadUnits")
 
 
-def _tasks_of(stats: str, stage: str) -> int | None:
-    """Tasks Ray Data ran for `stage` (from its stats text; None if the format changed)."""
+def _tasks_of(ds, stage: str) -> int | None:
+    """Tasks Ray Data ran for `stage` (from its stats text; None if that is unavailable)."""
     import re
 
-    m = re.search(rf"MapBatches\({stage}\)[^:\n]*: (\d+) tasks executed", stats)
+    try:
+        m = re.search(rf"MapBatches\({stage}\)[^:\n]*: (\d+) tasks executed", ds.stats())
+    except Exception:  # noqa: BLE001 - a report line, never worth failing a finished run
+        return None
     return int(m.group(1)) if m else None
 
 
@@ -363,17 +368,35 @@ UNIT_BATCHES = 4  # rows per read/tokenize task, in Scorer batches: small enough
 
 
 def plan_units(s: int, info: sh.ShardInfo, max_rows: int) -> list[dict]:
-    """Shard `s`'s row groups as units of at most `max_rows` rows (a big row group is read
-    once per slice: reading is cheap next to tokenizing, and the slices tokenize in parallel)."""
+    """Shard `s` as read/tokenize units of at most `max_rows` rows: runs of consecutive small
+    row groups, or slices of a big one (read once per slice: reading is cheap next to
+    tokenizing, and the slices tokenize in parallel)."""
     with info.shard.fs.open_input_file(info.shard.path) as f:
         md = pq.ParquetFile(f).metadata
-    units, start = [], 0
+    units: list[dict] = []
+    run: dict | None = None  # small row groups being merged
+
+    def unit(g: int, k: int, row_start: int, offset: int, rows: int) -> dict:
+        return {"shard": s, "first_group": g, "groups": k, "row_start": row_start, "offset": offset, "rows": rows}
+
+    start = 0
     for g in range(md.num_row_groups):
         n = md.row_group(g).num_rows
-        for off in range(0, n, max_rows):
-            units.append({"shard": s, "row_group": g, "row_start": start + off, "offset": off,
-                          "rows": min(max_rows, n - off)})
+        if n >= max_rows:
+            if run and run["rows"]:
+                units.append(run)
+            run = None
+            units += [unit(g, 1, start + off, off, min(max_rows, n - off)) for off in range(0, n, max_rows)]
+        else:
+            if run and run["rows"] + n > max_rows:
+                units.append(run)
+                run = None
+            run = run or unit(g, 0, start, 0, 0)
+            run["groups"] += 1
+            run["rows"] += n
         start += n
+    if run and run["rows"]:
+        units.append(run)
     return units
 
 

@@ -371,8 +371,6 @@ def plan_units(s: int, info: sh.ShardInfo, max_rows: int) -> list[dict]:
     """Shard `s` as read/tokenize units of at most `max_rows` rows: runs of consecutive small
     row groups, or slices of a big one (read once per slice: reading is cheap next to
     tokenizing, and the slices tokenize in parallel)."""
-    with info.shard.fs.open_input_file(info.shard.path) as f:
-        md = pq.ParquetFile(f).metadata
     units: list[dict] = []
     run: dict | None = None  # small row groups being merged
 
@@ -380,8 +378,7 @@ def plan_units(s: int, info: sh.ShardInfo, max_rows: int) -> list[dict]:
         return {"shard": s, "first_group": g, "groups": k, "row_start": row_start, "offset": offset, "rows": rows}
 
     start = 0
-    for g in range(md.num_row_groups):
-        n = md.row_group(g).num_rows
+    for g, n in enumerate(info.row_group_rows):
         if n >= max_rows:
             if run and run["rows"]:
                 units.append(run)

@@ -74,7 +74,7 @@ class ScoreSummary:
     status: dict[str, int] = field(default_factory=dict)
     tag_counts: dict[str, int] = field(default_factory=dict)
     duplicate_ids: int = 0
-    units: int = 0  # read/tokenize units planned (row groups or slices of them)
+    units: int = 0  # read/tokenize units planned (runs of row groups, or slices of one)
     read_tasks: int | None = None  # Ray tasks that ran them (one each, spread over the cores)
 
     @property

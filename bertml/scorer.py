@@ -14,7 +14,6 @@ queued back to back and the probabilities come back in one copy per batch.
 from __future__ import annotations
 
 import functools
-import os
 
 import numpy as np
 import pyarrow as pa
@@ -226,17 +225,6 @@ def _top_k(names: np.ndarray, probs: np.ndarray, valid: np.ndarray, k: int) -> p
         names=["label", "score"],
     )
     return pa.ListArray.from_arrays(pa.array(offsets), structs)
-
-
-def status_counts(table: pa.Table) -> dict[str, int]:
-    import pyarrow.compute as pc
-
-    vc = pc.value_counts(table.column(STATUS))
-    return {d["values"]: d["counts"] for d in vc.to_pylist()}
-
-
-def default_threads(num_actors: int) -> int:
-    return max(1, (os.cpu_count() or 1) // max(1, num_actors))
 
 
 __all__ = ["Scorer", "pack", "pad_windows", "EMPTY"]

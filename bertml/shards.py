@@ -36,9 +36,8 @@ class Shard:
 class ShardInfo:
     shard: Shard
     num_rows: int
-    num_row_groups: int
     schema: pa.Schema
-    row_group_rows: tuple[int, ...] = ()  # rows in each row group
+    row_group_rows: tuple[int, ...]  # rows in each row group
 
 
 def _is_hidden(name: str) -> bool:
@@ -90,7 +89,7 @@ def inspect(shard: Shard) -> ShardInfo:
     try:
         with shard.fs.open_input_file(shard.path) as f:
             meta = pq.ParquetFile(f).metadata
-            return ShardInfo(shard, meta.num_rows, meta.num_row_groups, meta.schema.to_arrow_schema(),
+            return ShardInfo(shard, meta.num_rows, meta.schema.to_arrow_schema(),
                              tuple(meta.row_group(g).num_rows for g in range(meta.num_row_groups)))
     except (pa.ArrowInvalid, OSError, pa.ArrowException) as e:
         raise InputError(f"{shard.uri}: not a readable Parquet file ({str(e).splitlines()[0]})") from None

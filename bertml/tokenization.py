@@ -149,17 +149,6 @@ def _splits_at_whitespace(tokenizer) -> bool:
     return len(pieces) >= 2 and not any("ab" in p and "cd" in p for p in pieces)
 
 
-def pad(rows: Sequence[np.ndarray], pad_id: int, pad_to: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Right-pad 1-D id arrays -> input_ids [B, L], attention_mask [B, L] (int64)."""
-    length = pad_to or max((len(r) for r in rows), default=1)
-    ids = np.full((len(rows), length), pad_id, dtype=np.int64)
-    mask = np.zeros((len(rows), length), dtype=np.int64)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = r
-        mask[i, : len(r)] = 1
-    return ids, mask
-
-
 def tokenize_for_training(tokenizer, texts: Sequence[object], max_length: int) -> dict[str, np.ndarray]:
     """Texts -> padded input_ids [B, L], attention_mask [B, L]; empty texts become [CLS][SEP]."""
     cleaned = [clean_text(t) or "" for t in texts]

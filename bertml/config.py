@@ -197,10 +197,10 @@ class ScoreConfig:
         _check(self.num_actors is None or self.num_actors >= 1, "num_actors", self.num_actors, "null or an integer >= 1")
         _check(self.cpus_per_actor >= 0, "cpus_per_actor", self.cpus_per_actor, "a number >= 0")
         _check(self.actor_restarts >= 0, "actor_restarts", self.actor_restarts, "an integer >= 0")
-        cols = [self.text_column, *([self.id_column] if self.id_column else []), *self.passthrough]
-        _check(len(cols) == len(set(cols)), "passthrough", self.passthrough, "columns distinct from text/id")
-        reserved = {"probs", "tags", "label", "score", "top_k", "status"}
-        clash = sorted(reserved.intersection(cols[1:]))
+        cols = [*([self.id_column] if self.id_column else []), *self.passthrough]  # may include the text
+        _check(len(cols) == len(set(cols)), "passthrough", self.passthrough, "distinct columns, not the id column")
+        reserved = {"probs", "tags", "label", "score", "top_k", "status"} | (set() if self.id_column else {"row"})
+        clash = sorted(reserved.intersection(cols))
         _check(not clash, "passthrough", clash, f"no output column names ({', '.join(sorted(reserved))})")
 
 

@@ -106,13 +106,15 @@ class ScoreSummary:
 class ReadUnits:
     """map_batches fn: units (see `plan_units`) -> tokenized blocks.
 
-    Each unit's rows are read (needed columns only), then tokenized and yielded in blocks
-    of at most `block_rows` rows carrying (_shard, _row), so a task's memory stays small.
+    Each unit's text is read, then tokenized and yielded in blocks of at most `block_rows`
+    rows carrying (_shard, _row), so a task's memory stays small. Id and passthrough
+    columns stay out of the pipeline: the driver reads them from the shard when it commits,
+    so their types pass through exactly and shards whose types differ (an int id in one,
+    a string id in the next) never meet in one batch.
     """
 
-    def __init__(self, infos: list[sh.ShardInfo], text_column: str, keep: list[str], block_rows: int,
-                 tokenize: dict):
-        self.infos, self.text_column, self.keep = infos, text_column, keep
+    def __init__(self, infos: list[sh.ShardInfo], text_column: str, block_rows: int, tokenize: dict):
+        self.infos, self.text_column = infos, text_column
         self.block_rows, self.tokenize = block_rows, tokenize
 
     def __call__(self, units: dict):
@@ -127,41 +129,41 @@ class ReadUnits:
         info = self.infos[s]
         try:
             with info.shard.fs.open_input_file(info.shard.path) as f:
-                t = pq.ParquetFile(f).read_row_groups(list(groups), columns=[self.text_column, *self.keep])
-            t = t.slice(offset, rows)
-            text = _as_text(t.column(self.text_column))
+                t = pq.ParquetFile(f).read_row_groups(list(groups), columns=[self.text_column])
+            text = _as_text(t.column(self.text_column).slice(offset, rows))
         except Exception as e:  # noqa: BLE001 - a bad row group flags its shard, never the run
-            return _error_table(s, info, self.keep, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
-        n = t.num_rows
-        cols = {SHARD: pa.array(np.full(n, s, np.int32)), ROW: pa.array(np.arange(row_start, row_start + n, dtype=np.int64)),
-                ERROR: pa.nulls(n, pa.string()), TEXT: text}
-        for c in self.keep:
-            cols[c] = t.column(c)
-        return pa.table(cols)
+            return _error_table(s, _error_text(e))
+        n = len(text)
+        return pa.table({SHARD: pa.array(np.full(n, s, np.int32)), ROW: pa.array(np.arange(row_start, row_start + n, dtype=np.int64)),
+                         ERROR: pa.nulls(n, pa.string()), TEXT: text})
 
 
 def _as_text(col: pa.ChunkedArray) -> pa.Array:
-    """Any text-like column -> string; invalid UTF-8 is replaced (U+FFFD), not fatal."""
+    """Any text-like column -> string: large/view/dictionary strings, binary holding UTF-8
+    (invalid bytes become U+FFFD, not fatal), or an all-null column (every row `empty`)."""
     col = col.combine_chunks()
     if pa.types.is_dictionary(col.type):
         col = col.dictionary_decode()
+    if sh.is_binary_type(col.type):
+        col = col.cast(pa.large_binary()).view(pa.large_string())  # same bytes, checked below
     if not pa.types.is_string(col.type):
-        col = col.cast(pa.string()) if not pa.types.is_binary(col.type) and not pa.types.is_large_binary(col.type) else col
+        col = col.cast(pa.string())
     try:
         col.validate(full=True)
         return col
     except pa.ArrowInvalid:
-        raw = col.view(pa.binary()) if not pa.types.is_binary(col.type) else col
+        raw = col.view(pa.binary())
         return pa.array([None if b is None else b.decode("utf-8", "replace") for b in raw.to_pylist()], pa.string())
 
 
-def _error_table(s: int, info: sh.ShardInfo, keep: list[str], msg: str) -> pa.Table:
+def _error_text(e: Exception) -> str:
+    return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+
+
+def _error_table(s: int, msg: str) -> pa.Table:
     """One marker row (_row = -1) that tells the driver this shard could not be read."""
-    cols = {SHARD: pa.array([s], pa.int32()), ROW: pa.array([-1], pa.int64()), ERROR: pa.array([msg]),
-            TEXT: pa.nulls(1, pa.string())}
-    for c in keep:
-        cols[c] = pa.nulls(1, info.schema.field(c).type)
-    return pa.table(cols)
+    return pa.table({SHARD: pa.array([s], pa.int32()), ROW: pa.array([-1], pa.int64()), ERROR: pa.array([msg]),
+                     TEXT: pa.nulls(1, pa.string())})
 
 
 @functools.lru_cache(maxsize=4)
@@ -194,7 +196,7 @@ def score(cfg: ScoreConfig, _fault: dict | None = None) -> ScoreSummary:
     if cfg.long_text == "chunk" and cfg.chunk_stride >= max_length - 2:
         raise sh.InputError(f"chunk_stride {cfg.chunk_stride} must be below max_length - 2 ({max_length - 2})")
     fingerprint = ckpt_io.fingerprint(local_ckpt)
-    keep = [c for c in [cfg.id_column, *cfg.passthrough] if c]
+    keep = kept_columns(cfg)
 
     shard_list = _not_in_output(sh.resolve(cfg.input, "input"), cfg)
     names = [output_name(s.key) for s in shard_list]
@@ -230,7 +232,7 @@ def score(cfg: ScoreConfig, _fault: dict | None = None) -> ScoreSummary:
         committer = _Committer(out, todo, cfg, schema_meta, summary, _fault, meta.multi_label)
         committer.commit_empty_shards()
         if committer.pending:
-            _run_pipeline(cfg, todo, keep, max_length, committer)
+            _run_pipeline(cfg, todo, max_length, committer)
         committer.finish()
         summary.seconds = time.perf_counter() - t0
         out.write_json(MANIFEST, {
@@ -241,6 +243,12 @@ def score(cfg: ScoreConfig, _fault: dict | None = None) -> ScoreSummary:
         return summary
     finally:
         out.unlock()
+
+
+def kept_columns(cfg: ScoreConfig) -> list[str]:
+    """Input columns copied to the output, in order: the id, then passthrough (which may
+    name the text column too)."""
+    return list(dict.fromkeys(c for c in [cfg.id_column, *cfg.passthrough] if c))
 
 
 def _ckpt_name(path: str) -> str:
@@ -279,7 +287,7 @@ def _check_shards(results, cfg: ScoreConfig, keep: list[str]) -> tuple[list[sh.S
             if r.num_rows or cfg.text_column not in r.schema.names:
                 # No rows, no values to misread: an empty shard whose writer typed its columns
                 # as null (pandas object columns do) still gets its empty output file.
-                sh.check_column(r, cfg.text_column, "text")
+                sh.check_column(r, cfg.text_column, "text", scoring=True)
             for c in keep:
                 if c not in r.schema.names:
                     raise sh.InputError(f"{r.shard.uri}: no column {c!r} (columns: {', '.join(r.schema.names)}); "
@@ -303,7 +311,7 @@ def _check_resumable(out: OutputDir, name: str, fingerprint: str, cfg: ScoreConf
         )
 
 
-def _run_pipeline(cfg: ScoreConfig, todo: list[sh.ShardInfo], keep: list[str], max_length: int, committer) -> None:
+def _run_pipeline(cfg: ScoreConfig, todo: list[sh.ShardInfo], max_length: int, committer) -> None:
     import ray
     import ray.data
 
@@ -321,7 +329,7 @@ def _run_pipeline(cfg: ScoreConfig, todo: list[sh.ShardInfo], keep: list[str], m
                 "stride": cfg.chunk_stride, "max_chunks": cfg.max_chunks, "trust_remote_code": cfg.trust_remote_code}
     # One unit per block and per task (batch_size=1), so units spread over every free core.
     ds = ray.data.from_items(units, override_num_blocks=max(1, len(units)))
-    ds = ds.map_batches(ReadUnits(todo, cfg.text_column, keep, batch_size, tokenize), batch_size=1,
+    ds = ds.map_batches(ReadUnits(todo, cfg.text_column, batch_size, tokenize), batch_size=1,
                         batch_format="numpy")
     # Ray 2.60 has no named parameter for actor restarts; the remote-args hook it still
     # accepts warns of its removal in 2.64 (Ray Data's default there is unlimited retries).
@@ -397,6 +405,10 @@ def plan_units(s: int, info: sh.ShardInfo, max_rows: int) -> list[dict]:
     return units
 
 
+class _UnreadableShard(Exception):
+    pass
+
+
 class _Committer:
     """Buffers scored rows per shard; commits a shard's file once all its rows are back."""
 
@@ -457,7 +469,11 @@ class _Committer:
                 table = table.take(pa.array(first))
                 if table.num_rows != info.num_rows:
                     raise RuntimeError(f"{info.shard.uri}: {table.num_rows} of {info.num_rows} rows came back; not committed")
-        table = self._finalize(table)
+        try:
+            table = self._finalize(table, self._kept(info))
+        except _UnreadableShard as e:
+            self._fail(s, str(e))
+            return
         self.out.commit(output_name(info.shard.key), table)
         self.pending.discard(s)
         self._count(table)
@@ -465,22 +481,39 @@ class _Committer:
         self.summary.shards_scored += 1
         faults.maybe_fail(self.fault, "score_commit", committed=self.summary.shards_scored)
 
-    def _finalize(self, table: pa.Table) -> pa.Table:
-        cfg = self.cfg
-        front = [cfg.id_column] if cfg.id_column else []
-        cols = front + list(cfg.passthrough)
-        if not cfg.id_column:
-            table = table.append_column(ROW_OUT, table.column(ROW))
-            cols = [ROW_OUT, *cols]
-        result = [c for c in (PROBS, TAGS, LABEL, SCORE, TOP_K) if c in table.column_names]
-        table = table.select(cols + result + [STATUS])
-        return table.replace_schema_metadata({**(table.schema.metadata or {}), **self.meta})
+    def _kept(self, info: sh.ShardInfo) -> pa.Table | None:
+        """The shard's id and passthrough columns, exactly as stored, in row order."""
+        keep = kept_columns(self.cfg)
+        if not keep:
+            return None
+        try:
+            with info.shard.fs.open_input_file(info.shard.path) as f:
+                kept = pq.ParquetFile(f).read(columns=keep)
+        except Exception as e:  # noqa: BLE001 - flags its shard, never the run
+            raise _UnreadableShard(_error_text(e)) from None
+        if kept.num_rows != info.num_rows:
+            raise _UnreadableShard(f"{kept.num_rows} rows in its id/passthrough columns, {info.num_rows} in its footer")
+        return kept
+
+    def _finalize(self, table: pa.Table, kept: pa.Table | None) -> pa.Table:
+        """Output columns: id (or `row`), passthrough, results, status."""
+        cols: dict[str, pa.ChunkedArray] = {}
+        if not self.cfg.id_column:
+            cols[ROW_OUT] = table.column(ROW)
+        if kept is not None:
+            cols.update(zip(kept.column_names, kept.columns))
+        for c in (PROBS, TAGS, LABEL, SCORE, TOP_K, STATUS):
+            if c in table.column_names:
+                cols[c] = table.column(c)
+        out = pa.table(cols)
+        if kept is not None:  # nullability and field metadata as the input had them
+            fields = {f.name: f for f in kept.schema}
+            out = out.cast(pa.schema([fields.get(f.name, f) for f in out.schema]))
+        return out.replace_schema_metadata(self.meta)
 
     def _empty(self, info: sh.ShardInfo) -> pa.Table:
-        """A zero-row table with the output schema (so every input shard has an output file)."""
-        fields = [pa.field(SHARD, pa.int32()), pa.field(ROW, pa.int64())]
-        fields += [info.schema.field(c) for c in [self.cfg.id_column, *self.cfg.passthrough] if c]
-        fields += [pa.field(PROBS, pa.list_(pa.float32()))]
+        """A zero-row table with the result columns (so every input shard has an output file)."""
+        fields = [pa.field(SHARD, pa.int32()), pa.field(ROW, pa.int64()), pa.field(PROBS, pa.list_(pa.float32()))]
         if self.multi:
             fields += [pa.field(TAGS, pa.list_(pa.string()))]
         else:
@@ -514,7 +547,11 @@ class _Committer:
 
 def _hash_ids(ids: pa.ChunkedArray) -> np.ndarray:
     """64-bit hashes of an id column: 8 bytes a row however long the ids (a false duplicate
-    among a million ids has odds of ~1e-8)."""
+    among a million ids has odds of ~1e-8). Ids of any type: nested ones (struct, list)
+    are hashed by their text form."""
     import pandas as pd
 
-    return pd.util.hash_pandas_object(ids.to_pandas(), index=False).to_numpy()
+    try:
+        return pd.util.hash_pandas_object(ids.to_pandas(), index=False).to_numpy()
+    except TypeError:
+        return pd.util.hash_pandas_object(pd.Series([repr(v) for v in ids.to_pylist()]), index=False).to_numpy()

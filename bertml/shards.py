@@ -114,6 +114,18 @@ def is_text_type(t: pa.DataType) -> bool:
     return pa.types.is_string(t) or pa.types.is_large_string(t) or getattr(pa.types, "is_string_view", lambda _: False)(t)
 
 
+def is_binary_type(t: pa.DataType) -> bool:
+    return pa.types.is_binary(t) or pa.types.is_large_binary(t) or getattr(pa.types, "is_binary_view", lambda _: False)(t)
+
+
+def is_scorable_text_type(t: pa.DataType) -> bool:
+    """What `bertml score` reads as text: strings, binary holding UTF-8 (writers that do not
+    mark strings as UTF-8), or an all-null column (a shard whose texts are all missing)."""
+    if pa.types.is_dictionary(t):
+        return is_scorable_text_type(t.value_type)
+    return is_text_type(t) or is_binary_type(t) or pa.types.is_null(t)
+
+
 def is_labels_type(t: pa.DataType) -> bool:
     if is_text_type(t):
         return True
@@ -122,8 +134,9 @@ def is_labels_type(t: pa.DataType) -> bool:
     return False
 
 
-def check_column(info: ShardInfo, column: str, kind: str) -> None:
-    """Raise InputError unless `column` exists in the shard with a text (or labels) type."""
+def check_column(info: ShardInfo, column: str, kind: str, scoring: bool = False) -> None:
+    """Raise InputError unless `column` exists in the shard with a text (or labels) type;
+    `scoring`: the wider set of text types `bertml score` reads."""
     names = info.schema.names
     if column not in names:
         raise InputError(
@@ -131,7 +144,7 @@ def check_column(info: ShardInfo, column: str, kind: str) -> None:
             f"set the {kind} column in the config (e.g. {kind}_column=...)"
         )
     t = info.schema.field(column).type
-    ok = is_labels_type(t) if kind == "labels" else is_text_type(t)
-    expected = "list<string> or string" if kind == "labels" else "string"
+    ok = is_labels_type(t) if kind == "labels" else is_scorable_text_type(t) if scoring else is_text_type(t)
+    expected = "list<string> or string" if kind == "labels" else "string (or UTF-8 binary)" if scoring else "string"
     if not ok:
         raise InputError(f"{info.shard.uri}: column {column!r} is {t}, expected {expected}")

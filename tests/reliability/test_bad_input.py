@@ -157,6 +157,40 @@ def test_zero_row_shards_are_not_bad_even_with_untyped_columns(multi_ckpt, tmp_p
         assert t.num_rows == 0 and t.column_names == ["id", "probs", "tags", "status"]
 
 
+def test_shards_whose_types_differ_are_scored_in_one_run_each_keeping_its_types(ray_local, multi_ckpt, tmp_path):
+    """Nightly inputs drift: an int id in one shard, a string or struct id in the next; a
+    passthrough column int32 here, float64 there; text as string, UTF-8 binary, or an
+    all-null column (pandas types it null). Small batches mix rows of every shard in one
+    Scorer call; each output keeps its own input's types, values and row order exactly,
+    and the text itself can be passed through."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shards = {
+        "a-int-id.parquet": pa.table({"id": pa.array([1, 2, 3], pa.int64()), "text": ["goal", "bank", None],
+                                      "n": pa.array([1, 2, 3], pa.int32())}),
+        "b-str-id.parquet": pa.table({"id": ["x", "y"], "text": ["chip", "the match"], "n": [1.5, None]}),
+        "c-binary.parquet": pa.table({"id": pa.array([{"k": 7}, {"k": 8}]),
+                                      "text": pa.array([b"football", b"bank \xff"], pa.binary()), "n": ["p", "q"]}),
+        "d-null-text.parquet": pa.table({"id": pa.array([10, 11], pa.int16()), "text": pa.nulls(2), "n": pa.nulls(2)}),
+    }
+    for name, table in shards.items():
+        pq.write_table(table, str(folder / name))
+    out = str(tmp_path / "out")
+    summary = score(score_cfg(multi_ckpt, str(folder), out, passthrough=["n", "text"], batch_size=4))
+
+    assert summary.shards_scored == 4 and not summary.shards_skipped and summary.rows == 9
+    assert summary.status == {"ok": 6, "empty": 3}
+    for name, table in shards.items():
+        got = pq.read_table(os.path.join(out, name))
+        assert got.column_names == ["id", "n", "text", "probs", "tags", "status"], name
+        for col in ("id", "n", "text"):
+            assert got.schema.field(col).type == table.schema.field(col).type, (name, col)
+            assert got.column(col).to_pylist() == table.column(col).to_pylist(), (name, col)
+        empty = [t is None for t in table.column("text").to_pylist()]
+        assert got.column("status").to_pylist() == ["empty" if e else "ok" for e in empty], name
+        assert [p is None for p in got.column("probs").to_pylist()] == empty, name
+
+
 # ----------------------------------------------------------------------------- bad rows
 
 MB_TEXT = "football " * 120_000  # ~1 MB

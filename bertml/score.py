@@ -230,10 +230,13 @@ def score(cfg: ScoreConfig, _fault: dict | None = None) -> ScoreSummary:
         schema_meta = {META_LABELS: _json(meta.labels), META_CHECKPOINT: _ckpt_name(cfg.checkpoint).encode(),
                        META_FINGERPRINT: fingerprint.encode()}
         committer = _Committer(out, todo, cfg, schema_meta, summary, _fault, meta.multi_label)
-        committer.commit_empty_shards()
-        if committer.pending:
-            _run_pipeline(cfg, todo, max_length, committer)
-        committer.finish()
+        try:
+            committer.commit_empty_shards()
+            if committer.pending:
+                _run_pipeline(cfg, todo, max_length, committer)
+            committer.finish()
+        finally:
+            committer.close()
         summary.seconds = time.perf_counter() - t0
         out.write_json(MANIFEST, {
             "checkpoint": _ckpt_name(cfg.checkpoint), "fingerprint": fingerprint,
@@ -410,19 +413,28 @@ class _UnreadableShard(Exception):
 
 
 class _Committer:
-    """Buffers scored rows per shard; commits a shard's file once all its rows are back."""
+    """Buffers scored rows per shard; commits a shard's file once all its rows are back.
+
+    Rows are counted in a per-shard bitmap, so a block delivered twice (a retried task)
+    adds nothing, and blocks for a shard already committed are ignored. When the buffered
+    rows pass `spill_bytes`, the biggest shards' parts move to Arrow files on local disk,
+    read back memory-mapped: the driver's memory stays bounded however big a shard is.
+    """
 
     def __init__(self, out: OutputDir, todo, cfg: ScoreConfig, schema_meta: dict, summary: ScoreSummary,
-                 fault, multi_label: bool):
+                 fault, multi_label: bool, spill_bytes: int = 512 << 20):
         self.multi = multi_label
         self.out, self.todo, self.cfg, self.meta, self.summary, self.fault = out, todo, cfg, schema_meta, summary, fault
-        self.parts: dict[int, list[pa.Table]] = {}
-        self.seen = np.zeros(len(todo), dtype=np.int64)
+        self.parts: dict[int, list[tuple[pa.Table, bool]]] = {}  # runs of rows, spilled or not
+        self.got: dict[int, np.ndarray] = {}  # shard -> bool per row: back already
+        self.seen = np.zeros(len(todo), dtype=np.int64)  # distinct rows back, per shard
         self.pending = {i for i, info in enumerate(todo) if info.num_rows > 0}
         self.failed: set[int] = set()
         self.records: list[dict] = []
         self.tags: Counter = Counter()
         self.id_hashes: list[np.ndarray] = []  # 8 bytes a row: duplicate ids across shards
+        self.spill_bytes, self.in_memory, self.spilled = spill_bytes, 0, 0
+        self._spill_dir: str | None = None
 
     def commit_empty_shards(self) -> None:
         for i, info in enumerate(self.todo):
@@ -433,23 +445,87 @@ class _Committer:
         shard_ids = block.column(SHARD).to_numpy()
         for s in np.unique(shard_ids):
             s = int(s)
-            part = block.filter(pc.equal(block.column(SHARD), s))
-            if s in self.failed:
+            if s not in self.pending:  # committed already (a late duplicate), or failed
                 continue
+            part = block.filter(pc.equal(block.column(SHARD), s))
             errors = part.column(ERROR).drop_null()
             if len(errors):
                 self._fail(s, errors[0].as_py())
                 continue
-            self.parts.setdefault(s, []).append(part)
-            self.seen[s] += part.num_rows
-            if self.seen[s] >= self.todo[s].num_rows:
-                self._commit(s, pa.concat_tables(self.parts.pop(s), promote_options="permissive"))
+            runs = self._new_runs(s, part.drop_columns([SHARD, ERROR]))
+            self.parts.setdefault(s, []).extend((run, False) for run in runs)
+            self.in_memory += sum(run.nbytes for run in runs)
+            if self.seen[s] == self.todo[s].num_rows:
+                self._commit(s, self._gather(s))
+            elif self.in_memory > self.spill_bytes:
+                self._spill()
+
+    def _new_runs(self, s: int, part: pa.Table) -> list[pa.Table]:
+        """`part`'s rows not back before (nor repeated within it), sorted, as runs of
+        consecutive rows: a shard's runs never overlap, so sorting them by first row puts
+        the whole shard in order without copying it."""
+        rows = part.column(ROW).to_numpy()
+        got = self.got.setdefault(s, np.zeros(self.todo[s].num_rows, dtype=bool))
+        if len(rows) and (rows.min() < 0 or rows.max() >= len(got)):
+            raise RuntimeError(f"{self.todo[s].shard.uri}: a scored block holds rows outside the shard")
+        order = np.argsort(rows, kind="stable")
+        first = np.ones(len(rows), dtype=bool)
+        first[order[1:]] = rows[order[1:]] != rows[order[:-1]]
+        keep = first & ~got[rows]
+        got[rows[keep]] = True
+        self.seen[s] += int(keep.sum())
+        if not keep.all():
+            part, rows = part.filter(pa.array(keep)), rows[keep]
+        if len(rows) > 1 and (np.diff(rows) < 0).any():
+            order = np.argsort(rows, kind="stable")
+            part, rows = part.take(pa.array(order)), rows[order]
+        cuts = [0, *(np.flatnonzero(np.diff(rows) != 1) + 1).tolist(), len(rows)]
+        return [part.slice(a, b - a) for a, b in zip(cuts[:-1], cuts[1:]) if b > a]
+
+    def _gather(self, s: int) -> pa.Table:
+        """All of shard `s`'s rows, in row order: its runs sorted by first row (no copy)."""
+        parts = self.parts.pop(s)
+        self.got.pop(s, None)
+        self.in_memory -= sum(t.nbytes for t, spilled in parts if not spilled)
+        runs = sorted((t for t, _ in parts), key=lambda t: t.column(ROW)[0].as_py())
+        return pa.concat_tables(runs)
+
+    def _spill(self) -> None:
+        """Move the biggest shards' in-memory runs to Arrow files read back memory-mapped."""
+        import tempfile
+
+        if self._spill_dir is None:
+            self._spill_dir = tempfile.mkdtemp(prefix="bertml-spill-")
+        sizes = {s: sum(t.nbytes for t, spilled in ps if not spilled) for s, ps in self.parts.items()}
+        for s in sorted(sizes, key=sizes.get, reverse=True):
+            if self.in_memory <= self.spill_bytes // 2 or not sizes[s]:
+                break
+            mem = [t for t, spilled in self.parts[s] if not spilled]
+            path = os.path.join(self._spill_dir, f"{s}-{self.spilled}.arrow")
+            with pa.OSFile(path, "wb") as f, pa.ipc.new_file(f, mem[0].schema) as w:
+                for run in mem:  # one record batch per run
+                    w.write_batch(run.combine_chunks().to_batches()[0] if run.num_rows else None)
+            reader = pa.ipc.open_file(pa.memory_map(path))
+            mapped = [pa.Table.from_batches([reader.get_batch(i)]) for i in range(reader.num_record_batches)]
+            os.unlink(path)  # the mapping outlives the name: nothing to clean up later
+            self.parts[s] = [(t, True) for t, spilled in self.parts[s] if spilled] + [(t, True) for t in mapped]
+            self.in_memory -= sizes[s]
+            self.spilled += 1
+
+    def close(self) -> None:
+        self.parts.clear()
+        if self._spill_dir:
+            import shutil
+
+            shutil.rmtree(self._spill_dir, ignore_errors=True)
+            self._spill_dir = None
 
     def _fail(self, s: int, error: str) -> None:
         uri = self.todo[s].shard.uri
         self.failed.add(s)
         self.pending.discard(s)
-        self.parts.pop(s, None)
+        self.in_memory -= sum(t.nbytes for t, spilled in self.parts.pop(s, []) if not spilled)
+        self.got.pop(s, None)
         if self.cfg.on_bad_shard == "fail":
             raise sh.InputError(f"{uri}: could not be read ({error}); its output was not written. "
                                 "Fix or remove the file, or set on_bad_shard=skip")
@@ -461,14 +537,9 @@ class _Committer:
         if table is None:
             table = self._empty(info)
         else:
-            table = table.sort_by(ROW)
             rows = table.column(ROW).to_numpy()
-            if len(rows) != info.num_rows or (len(rows) and (rows != np.arange(info.num_rows)).any()):
-                # Retried work can deliver a row twice: keep the first copy of each row.
-                _, first = np.unique(rows, return_index=True)
-                table = table.take(pa.array(first))
-                if table.num_rows != info.num_rows:
-                    raise RuntimeError(f"{info.shard.uri}: {table.num_rows} of {info.num_rows} rows came back; not committed")
+            if len(rows) != info.num_rows or (rows != np.arange(info.num_rows)).any():  # `add` makes this impossible
+                raise RuntimeError(f"{info.shard.uri}: rows came back incomplete or out of order; not committed")
         try:
             table = self._finalize(table, self._kept(info))
         except _UnreadableShard as e:

@@ -19,9 +19,11 @@ _VISIBLE = re.compile(r"[^\s\x00-\x1f\x7f-\x9f\u200b-\u200f\u2060\ufeff]")
 # Status values written per row by scoring (one name for one thing, end to end).
 OK, EMPTY, TRUNCATED, CHUNKED = "ok", "empty", "truncated", "chunked"
 
-# A token covers at most ~100 characters (WordPiece's max word length), so characters
-# past this many per needed token cannot change the kept windows; cutting them first
-# keeps memory and time bounded on pathological (e.g. 100 MB) texts.
+# A long text is first tokenized only up to this many characters per token it can need
+# (at a whitespace), which keeps memory and time bounded on pathological (e.g. 100 MB)
+# texts. Characters that make no token (whitespace runs, control characters) or a long
+# word that makes one [UNK] can leave the cut short of tokens; it is then widened 8x at a
+# time until the text gives every token its windows need, or ends.
 _CHARS_PER_TOKEN_CAP = 128
 # Truncating, a long text is first tokenized only up to a word boundary this many
 # characters per needed token in (prose runs ~4-6 per token): a 5,000-word article cut to
@@ -90,23 +92,50 @@ def encode_batch(
     per_row = np.zeros(len(cleaned), dtype=np.int64)
     kept: list[list[int]] = []
     if keep:
-        cap = limit * width * _CHARS_PER_TOKEN_CAP
-        todo = [cleaned[i][:cap] for i in keep]
-        ids = _token_ids(tokenizer, todo, None if chunk else width)
-        for i, text, row in zip(keep, todo, ids):
+        # Tokens that decide every kept window and whether the text goes on past them.
+        needed = width + (limit - 1) * step + 1
+        ids = _capped_token_ids(tokenizer, [cleaned[i] for i in keep], None if chunk else width, needed)
+        for i, row in zip(keep, ids):
+            if not row:  # visible characters the tokenizer drops (combining marks, soft hyphens)
+                continue
             n_win = 1 if len(row) <= width else 1 + -(-(len(row) - width) // step)  # ceil
             for k in range(min(n_win, limit)):
                 kept.append(prefix + row[k * step : k * step + width] + suffix)
             per_row[i] = min(n_win, limit)
-            if n_win > limit or len(text) < len(cleaned[i]):
-                status[i] = TRUNCATED
-            else:
-                status[i] = CHUNKED if n_win > 1 else OK
+            status[i] = TRUNCATED if n_win > limit else CHUNKED if n_win > 1 else OK
     lengths = np.fromiter((len(w) for w in kept), dtype=np.int32, count=len(kept))
     values = np.fromiter((t for w in kept for t in w), dtype=np.int32, count=int(lengths.sum()))
     windows = pa.ListArray.from_arrays(pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)), pa.array(values))
     rows = pa.ListArray.from_arrays(pa.array(np.concatenate([[0], np.cumsum(per_row)]).astype(np.int32)), windows)
     return rows, status
+
+
+def _capped_token_ids(tokenizer, texts: list[str], need: int | None, needed: int) -> list[list[int]]:
+    """Token ids of each text's head, long enough to hold `needed` tokens (or the whole text).
+
+    A text over `needed` x _CHARS_PER_TOKEN_CAP characters is cut at a whitespace near
+    there; a cut that gave fewer than `needed` tokens is widened 8x and redone. A text
+    still cut at the end has at least `needed` tokens, so its windows and status are those
+    of the whole text.
+    """
+    caps = [needed * _CHARS_PER_TOKEN_CAP] * len(texts)
+    ids = _token_ids(tokenizer, [_head(t, c) for t, c in zip(texts, caps)], need)
+    short = [j for j, t in enumerate(texts) if len(t) > caps[j] and len(ids[j]) < needed]
+    while short:
+        for j in short:
+            caps[j] *= 8
+        for j, row in zip(short, _token_ids(tokenizer, [_head(texts[j], caps[j]) for j in short], need)):
+            ids[j] = row
+        short = [j for j in short if len(texts[j]) > caps[j] and len(ids[j]) < needed]
+    return ids
+
+
+def _head(text: str, cap: int) -> str:
+    """text[:cap], ended at the last whitespace in its second half when there is one."""
+    if len(text) <= cap:
+        return text
+    at = _word_cut(text, cap)
+    return text[: at if at is not None else cap]
 
 
 def _token_ids(tokenizer, texts: list[str], need: int | None) -> list[list[int]]:
@@ -150,15 +179,17 @@ def _splits_at_whitespace(tokenizer) -> bool:
 
 
 def tokenize_for_training(tokenizer, texts: Sequence[object], max_length: int) -> dict[str, np.ndarray]:
-    """Texts -> padded input_ids [B, L], attention_mask [B, L]; empty texts become [CLS][SEP]."""
+    """Texts -> padded input_ids [B, L], attention_mask [B, L] (L: the longest row);
+    truncated to max_length as `encode_batch` truncates; empty texts become [CLS][SEP]."""
+    prefix, suffix = special_tokens(tokenizer)
+    width = max_length - len(prefix) - len(suffix)
+    if width < 1:
+        raise ValueError(f"max_length {max_length} leaves no text tokens after the special tokens")
     cleaned = [clean_text(t) or "" for t in texts]
-    cap = max_length * _CHARS_PER_TOKEN_CAP
-    enc = tokenizer(
-        [t[:cap] for t in cleaned],
-        truncation=True,
-        max_length=max_length,
-        padding="longest",
-        return_tensors="np",
-        return_token_type_ids=False,
-    )
-    return {"input_ids": enc["input_ids"].astype(np.int64), "attention_mask": enc["attention_mask"].astype(np.int64)}
+    rows = [prefix + row[:width] + suffix for row in _capped_token_ids(tokenizer, cleaned, width, width + 1)]
+    lengths = np.array([len(r) for r in rows], dtype=np.int64)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    mask = np.arange(int(lengths.max(initial=1)))[None, :] < lengths[:, None]
+    ids = np.full(mask.shape, pad, dtype=np.int64)
+    ids[mask] = np.fromiter((t for r in rows for t in r), dtype=np.int64, count=int(lengths.sum()))
+    return {"input_ids": ids, "attention_mask": mask.astype(np.int64)}

@@ -123,6 +123,39 @@ def test_truncation_tokenizes_only_what_it_needs_and_matches_the_full_text(tok):
     assert tz._splits_at_whitespace(tok) and tz._word_cut("x" * 3000, 240) is None
 
 
+# Texts whose characters per token run far above prose: whitespace or control runs that
+# make no tokens, words too long for WordPiece (one [UNK] each), then real words.
+SPARSE = ["football" + " " * 20000 + " bank" * 100, "\x00" * 9000 + " goal" * 80,
+          " ".join(["x" * 300] * 100) + " bank" * 50, "tennis " + "\u200b " * 9000 + "chip " * 70]
+
+
+@pytest.mark.parametrize("chunk", [False, True])
+def test_sparse_texts_keep_the_tokens_a_direct_call_keeps(tok, chunk):
+    """A cut that gave too few tokens is widened: the windows are those of the whole text."""
+    from bertml.tokenization import special_tokens, tokenize_for_training
+
+    ids, status = encode_batch(tok, SPARSE, 24, chunk=chunk, stride=4, max_chunks=3)
+    prefix, suffix = special_tokens(tok)
+    for text, windows, st in zip(SPARSE, ids.to_pylist(), status):
+        full = tok(text, add_special_tokens=False)["input_ids"]
+        step = 22 - (4 if chunk else 0)
+        want = [prefix + full[k * step : k * step + 22] + suffix for k in range(3 if chunk else 1)]
+        assert windows == want and st == "truncated", text[:20]
+    enc = tokenize_for_training(tok, SPARSE + ["goal", None], 24)
+    for text, row, mask in zip(SPARSE + ["goal", ""], enc["input_ids"], enc["attention_mask"]):
+        assert row[mask == 1].tolist() == tok(text, truncation=True, max_length=24)["input_ids"]
+
+
+def test_text_the_tokenizer_drops_entirely_is_empty(tok):
+    """Visible characters that make no token (combining marks, a soft hyphen, U+FFFD left
+    by repaired bytes in this vocabulary) get status empty, not a [CLS][SEP] prediction."""
+    texts = ["\u0301\u0301", "\u00ad", "goal"]
+    ids, status = encode_batch(tok, texts, 16)
+    dropped = [not tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+    assert dropped == [True, True, False]
+    assert list(status) == ["empty", "empty", "ok"] and [len(w) for w in ids.to_pylist()] == [0, 0, 1]
+
+
 def _trained_tokenizer(kind: str):
     """A tiny RoBERTa-style (byte-level BPE) or XLM-R-style (SentencePiece unigram) tokenizer."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers

@@ -166,7 +166,8 @@ class ScoreConfig:
     max_length: Union[int, None] = opt(None, "Tokens per window; null uses the checkpoint's max_length")
     long_text: Literal["truncate", "chunk"] = opt("truncate", "Texts longer than max_length: truncate, or chunk into windows")
     chunk_stride: int = opt(32, "chunk: tokens shared by consecutive windows")
-    chunk_pooling: Literal["max", "mean"] = opt("max", "chunk: how window probabilities pool into one row")
+    chunk_pooling: Literal["max", "mean"] = opt("max", "chunk: how window probabilities pool into one row "
+                                                "(single-label max: renormalised to sum to 1)")
     max_chunks: int = opt(64, "chunk: windows per text at most (the rest is dropped, status=truncated)")
     top_k: int = opt(0, "Also write the k best labels with scores (0: off)")
     resume: bool = opt(True, "Skip input shards whose output is already committed")

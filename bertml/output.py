@@ -107,12 +107,26 @@ class OutputDir:
                 n += 1
         return n
 
-    def clear(self) -> None:
-        """overwrite=true: remove committed outputs and the manifest (only bertml's files)."""
-        for rel in self.committed():
-            self.fs.delete_file(self.path(rel))
+    def clear(self) -> list[str]:
+        """overwrite=true: remove bertml's outputs (Parquet files carrying its fingerprint)
+        and the manifest. Other files in the folder are left alone; returns their names."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        def ours(rel: str) -> bool:
+            try:
+                return META_FINGERPRINT in self.read_meta(rel)
+            except Exception:  # noqa: BLE001 - not readable Parquet: not ours
+                return False
+
+        names = self.committed()
+        with ThreadPoolExecutor(max_workers=min(16, max(1, len(names)))) as pool:
+            mine = list(pool.map(ours, names))
+        for rel, m in zip(names, mine):
+            if m:
+                self.fs.delete_file(self.path(rel))
         if self.exists(MANIFEST):
             self.fs.delete_file(self.path(MANIFEST))
+        return [rel for rel, m in zip(names, mine) if not m]
 
     def write_json(self, name: str, obj: dict) -> None:
         data = json.dumps(obj, indent=2, ensure_ascii=False, default=str).encode("utf-8")

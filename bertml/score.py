@@ -216,7 +216,8 @@ def score(cfg: ScoreConfig, _fault: dict | None = None) -> ScoreSummary:
     out.lock()
     try:
         if cfg.overwrite:
-            out.clear()
+            for name in out.clear():
+                log.warning("overwrite: left %s in place (not a bertml output)", out.path(name))
         out.clean_tmp()
         summary = ScoreSummary(output=cfg.output, shards_skipped=bad)
         todo: list[sh.ShardInfo] = []

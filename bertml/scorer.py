@@ -141,6 +141,8 @@ class Scorer:
             starts = np.concatenate([[0], np.cumsum(per_row)[:-1]])[has]
             if self.pooling == "max":
                 out[has] = np.maximum.reduceat(win, starts, axis=0)
+                if not self.meta.multi_label:  # one distribution per row: classes' max over windows, renormalised
+                    out[has] /= out[has].sum(axis=1, keepdims=True)
             else:
                 out[has] = np.add.reduceat(win, starts, axis=0) / per_row[has, None]
         return out

@@ -136,8 +136,11 @@ def test_resume_refuses_output_from_another_checkpoint(ray_local, multi_ckpt, si
     score(cfg(multi_ckpt, inp, tmp_path / "out"))
     with pytest.raises(OutputError, match="scored by another checkpoint"):
         score(cfg(single_ckpt, inp, tmp_path / "out"))
+    os.makedirs(tmp_path / "out" / "notes")
+    pq.write_table(pa.table({"user": ["u1"]}), tmp_path / "out" / "notes" / "users.parquet")  # not bertml's
     score(cfg(single_ckpt, inp, tmp_path / "out", "overwrite=true"))  # explicit: start over
-    out = read(tmp_path / "out")
+    assert pq.read_table(tmp_path / "out" / "notes" / "users.parquet").num_rows == 1  # left alone
+    out = read(tmp_path / "out" / "part-000.parquet")
     assert out.column_names == ["id", "probs", "label", "score", "status"] and out.num_rows == 10
     probs = np.array(out.column("probs").to_pylist())
     np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)

@@ -96,6 +96,25 @@ def test_chunk_pooling_equals_pool_of_window_probs(multi_ckpt, tok, pooling):
     assert len(windows) > 2 and status[0] == "chunked"
 
 
+@pytest.mark.parametrize("pooling", ["max", "mean"])
+def test_single_label_pooled_probs_stay_a_distribution(single_ckpt, tok, pooling):
+    """Single-label: pooled probabilities sum to 1 (max pooling renormalises), and `label`
+    is the class with the highest pooled probability."""
+    text = "tennis match bank " * 20 + "software chip 足球"
+    ids, status = encode_batch(tok, [text], 16, chunk=True, stride=4)
+    scorer = Scorer(single_ckpt, chunk_pooling=pooling, precision="fp32")
+    out = scorer(pa.table({"input_ids": ids, "status": pa.array(status, pa.string())}))
+    windows = ids.to_pylist()[0]
+    per_window = scorer.window_probs(np.concatenate(windows).astype(np.int32),
+                                     np.concatenate([[0], np.cumsum([len(w) for w in windows])]))
+    pooled = per_window.max(0) if pooling == "max" else per_window.mean(0)
+    probs = np.asarray(out.column("probs")[0].as_py())
+    np.testing.assert_allclose(probs, pooled / pooled.sum(), atol=1e-6)
+    assert abs(probs.sum() - 1) < 1e-5 and len(windows) > 2
+    assert out.column("label")[0].as_py() == scorer.names[int(probs.argmax())]
+    assert out.column("score")[0].as_py() == pytest.approx(probs.max())
+
+
 def test_truncation_tokenizes_only_what_it_needs_and_matches_the_full_text(tok):
     import bertml.tokenization as tz
 

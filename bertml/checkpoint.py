@@ -199,14 +199,15 @@ def localize(path: str, cache_dir: str | None = None) -> str:
     downloads a new model once and a re-uploaded checkpoint is fetched again.
     """
     if not is_uri(path):
-        return path[len("file://"):] if path.startswith("file://") else path
+        return os.path.expanduser(path[len("file://"):] if path.startswith("file://") else path)
     import pyarrow.fs as pafs
 
     fs, root = pafs.FileSystem.from_uri(path)
-    info = fs.get_file_info(f"{root.rstrip('/')}/{WEIGHTS_FILE}")
+    info, meta = fs.get_file_info([f"{root.rstrip('/')}/{WEIGHTS_FILE}", f"{root.rstrip('/')}/{META_FILE}"])
     if info.type != pafs.FileType.File:
         raise CheckpointError(f"checkpoint {path}: no {WEIGHTS_FILE} there (bertml loads safetensors weights only)")
-    key = hashlib.sha256(f"{path}|{info.mtime_ns}|{info.size}".encode()).hexdigest()[:16]
+    # Weights and bertml.json (thresholds can be re-tuned in place) name the cached copy.
+    key = hashlib.sha256(f"{path}|{info.mtime_ns}|{info.size}|{meta.mtime_ns}|{meta.size}".encode()).hexdigest()[:16]
     cache = cache_dir or os.path.join(os.environ.get("BERTML_CACHE", os.path.expanduser("~/.cache/bertml")), "checkpoints")
     local = os.path.join(cache, key)
     if not os.path.exists(os.path.join(local, META_FILE)):

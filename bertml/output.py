@@ -43,21 +43,11 @@ def output_name(key: str) -> str:
 class OutputDir:
     """A local or object-store folder that receives committed shard files."""
 
-    @staticmethod
-    def root_of(uri: str) -> str:
-        """The folder `uri` names, as input shards spell theirs (a URI, or an absolute local path)."""
-        if "://" in uri and not uri.startswith("file://"):
-            return uri.rstrip("/")
-        return os.path.abspath(uri[len("file://"):] if uri.startswith("file://") else uri)
-
     def __init__(self, uri: str):
-        if "://" in uri and not uri.startswith("file://"):
-            self.fs, self.root = pafs.FileSystem.from_uri(uri)
-            self.local = isinstance(self.fs, pafs.LocalFileSystem)
-        else:
-            self.fs = pafs.LocalFileSystem()
-            self.root = os.path.abspath(uri[len("file://"):] if uri.startswith("file://") else uri)
-            self.local = True
+        from bertml.shards import split_uri
+
+        self.fs, self.root, _ = split_uri(uri, "output", glob=False)
+        self.local = isinstance(self.fs, pafs.LocalFileSystem)
         self.uri = uri
         self.fs.create_dir(self.root, recursive=True)
         self._locked = False

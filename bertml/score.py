@@ -193,8 +193,11 @@ def score(cfg: ScoreConfig, _fault: dict | None = None) -> ScoreSummary:
     meta = ckpt_io.read_meta(local_ckpt)  # all checks before Ray starts
     max_length = cfg.max_length or meta.max_length
     ckpt_io.check_max_length(local_ckpt, max_length)
-    if cfg.long_text == "chunk" and cfg.chunk_stride >= max_length - 2:
-        raise sh.InputError(f"chunk_stride {cfg.chunk_stride} must be below max_length - 2 ({max_length - 2})")
+    try:  # the tokenization stage's own check, before any Ray work
+        encode_batch(_tokenizer(local_ckpt, cfg.trust_remote_code), ["a"], max_length, chunk=cfg.long_text == "chunk",
+                     stride=cfg.chunk_stride, max_chunks=cfg.max_chunks)
+    except ValueError as e:
+        raise sh.InputError(f"max_length/chunk_stride: {e}") from None
     fingerprint = ckpt_io.fingerprint(local_ckpt)
     keep = kept_columns(cfg)
 
@@ -202,7 +205,9 @@ def score(cfg: ScoreConfig, _fault: dict | None = None) -> ScoreSummary:
     names = [output_name(s.key) for s in shard_list]
     if len(set(names)) != len(names):
         dup = next(n for n in names if names.count(n) > 1)
-        raise sh.InputError(f"two input shards map to the same output name {dup!r}; give a folder instead of a list")
+        both = [s.uri for s, n in zip(shard_list, names) if n == dup]
+        raise sh.InputError(f"input shards {both[0]} and {both[1]} would both write {dup!r} in the output; "
+                            "rename one, or list the input as one folder so names keep their subfolders")
     good, bad = _check_shards(sh.inspect_all(shard_list), cfg, keep)
     if bad and cfg.on_bad_shard == "fail":
         raise sh.InputError(
@@ -256,7 +261,10 @@ def kept_columns(cfg: ScoreConfig) -> list[str]:
 
 
 def _ckpt_name(path: str) -> str:
-    return path if ckpt_io.is_uri(path) else os.path.abspath(path)
+    """The checkpoint as recorded in outputs: its URI, or its absolute local path."""
+    if ckpt_io.is_uri(path):
+        return path
+    return os.path.abspath(os.path.expanduser(path[len("file://"):] if path.startswith("file://") else path))
 
 
 def _json(obj) -> bytes:
@@ -267,9 +275,10 @@ def _json(obj) -> bytes:
 
 def _not_in_output(shards: list[sh.Shard], cfg: ScoreConfig) -> list[sh.Shard]:
     """Drop input files inside the output folder: an output nested in the input folder
-    must not be read back as input by the next run."""
-    out = OutputDir.root_of(cfg.output)
-    keep = [s for s in shards if not _within(s.uri if "://" in out else s.path, out)]
+    must not be read back as input by the next run (compared as filesystem paths, so
+    URI options such as ?region= do not hide it)."""
+    fs, root, _ = sh.split_uri(cfg.output, "output", glob=False)
+    keep = [s for s in shards if not (s.fs.type_name == fs.type_name and _within(s.path, root))]
     if len(keep) < len(shards):
         log.info("ignoring %d input file(s) inside the output folder %s", len(shards) - len(keep), cfg.output)
     if not keep:
@@ -278,7 +287,8 @@ def _not_in_output(shards: list[sh.Shard], cfg: ScoreConfig) -> list[sh.Shard]:
 
 
 def _within(path: str, root: str) -> bool:
-    return path == root or path.startswith(root.rstrip("/") + "/")
+    root = root.rstrip("/")
+    return path == root or path.startswith(root + "/")
 
 
 def _check_shards(results, cfg: ScoreConfig, keep: list[str]) -> tuple[list[sh.ShardInfo], list[dict]]:
@@ -623,6 +633,7 @@ def _hash_ids(ids: pa.ChunkedArray) -> np.ndarray:
     are hashed by their text form."""
     import pandas as pd
 
+    ids = ids.drop_null()  # a missing id is no one's duplicate
     try:
         return pd.util.hash_pandas_object(ids.to_pandas(), index=False).to_numpy()
     except TypeError:

@@ -8,10 +8,11 @@ file is one clear error naming the file.
 
 from __future__ import annotations
 
-import fnmatch
 import os
+import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from urllib.parse import quote
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -44,40 +45,93 @@ def _is_hidden(name: str) -> bool:
     return name.startswith((".", "_"))
 
 
-def _split_uri(spec: str) -> tuple[pafs.FileSystem, str, str]:
-    """(filesystem, path inside it, prefix to rebuild a URI)."""
+_GLOB = "*?["
+_QUERY = re.compile(r"\?[A-Za-z_][\w.-]*=[^/]*$")  # a URI's trailing ?key=value options (not a glob)
+
+
+def split_uri(spec: str, what: str, glob: bool = True) -> tuple[pafs.FileSystem, str, str]:
+    """(filesystem, path inside it, prefix to rebuild a URI). A URI's glob part (from the
+    first path component holding * ? [) stays out of URI parsing; spaces and non-ASCII
+    characters are percent-encoded for it. Local paths: ~ expanded, made absolute."""
     if "://" in spec and not spec.startswith("file://"):
-        fs, path = pafs.FileSystem.from_uri(spec)
-        return fs, path, spec[: spec.index("://") + 3]
+        m = _QUERY.search(spec)
+        base, query = (spec[: m.start()], m.group()) if m else (spec, "")
+        head = base.index("://") + 3
+        comps = base[head:].split("/")
+        k = next((i for i, c in enumerate(comps) if glob and i > 0 and any(ch in c for ch in _GLOB)), len(comps))
+        literal = base[:head] + quote("/".join(comps[:k]), safe="/:@!$&'()*+,;=%~")
+        try:
+            fs, path = pafs.FileSystem.from_uri(literal + query)
+        except (pa.ArrowException, ValueError, OSError) as e:
+            raise InputError(f"{what} {spec}: not a usable URI ({str(e).splitlines()[0]}); "
+                             "check the scheme (s3://, gs://, hdfs://...) and the bucket") from None
+        rest = "/".join(comps[k:])
+        return fs, (path.rstrip("/") + "/" + rest) if rest else path, spec[:head]
     path = spec[len("file://") :] if spec.startswith("file://") else spec
     return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(path)), ""
 
 
+def _glob_regex(pattern: str) -> re.Pattern:
+    """A path glob as a regex: * ? [...] stay within one path component, ** spans any."""
+    out, i = [], 0
+    while i < len(pattern):
+        c = pattern[i]
+        if pattern.startswith("**/", i):
+            out.append("(?:[^/]*/)*")
+            i += 3
+            continue
+        if pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+            continue
+        if c == "*":
+            out.append("[^/]*")
+        elif c == "?":
+            out.append("[^/]")
+        elif c == "[" and "]" in pattern[i + 2 :]:
+            j = pattern.index("]", i + 2)
+            body = pattern[i + 1 : j]
+            neg = body.startswith("!")
+            out.append("[" + ("^/" if neg else "") + re.escape(body[1:] if neg else body).replace("\\-", "-") + "]")
+            i = j + 1
+            continue
+        else:
+            out.append(re.escape(c))
+        i += 1
+    return re.compile("".join(out) + r"\Z")
+
+
 def resolve(spec: str | list[str], what: str = "input") -> list[Shard]:
-    """All shards named by `spec`, in a stable (sorted) order. Errors if none."""
+    """All shards named by `spec`, in a stable (sorted) order, each file once. Errors if none.
+
+    A path that exists is taken literally (even with [ ] ? * in its name); otherwise it is
+    a glob, whose * ? [...] match within one path component and ** across folders.
+    """
     specs = [spec] if isinstance(spec, str) else list(spec)
     out: list[Shard] = []
+    seen: set[tuple[str, str]] = set()
     for s in specs:
-        fs, path, prefix = _split_uri(s)
-        has_glob = any(c in path for c in "*?[")
-        if has_glob:
+        fs, path, prefix = split_uri(s, what)
+        info = fs.get_file_info(path)
+        if info.type == pafs.FileType.NotFound and any(c in path for c in _GLOB):
             root = path
-            while any(c in root for c in "*?["):
+            while any(c in root for c in _GLOB):
                 root = os.path.dirname(root)
+            rx = _glob_regex(path)
             infos = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
-            files = [i.path for i in infos if i.is_file and fnmatch.fnmatch(i.path, path)]
+            files = [i.path for i in infos if i.is_file and rx.match(i.path)]
+        elif info.type == pafs.FileType.NotFound:
+            raise InputError(f"{what} {s}: no such file or folder")
+        elif info.type == pafs.FileType.File:
+            root, files = os.path.dirname(path), [path]
         else:
-            info = fs.get_file_info(path)
-            if info.type == pafs.FileType.NotFound:
-                raise InputError(f"{what} {s}: no such file or folder")
-            if info.type == pafs.FileType.File:
-                root, files = os.path.dirname(path), [path]
-            else:
-                root = path
-                infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
-                files = [i.path for i in infos if i.is_file]
+            root = path
+            files = [i.path for i in fs.get_file_info(pafs.FileSelector(path, recursive=True)) if i.is_file]
         files = [f for f in files if not any(_is_hidden(p) for p in os.path.relpath(f, root).split(os.sep))]
         for f in sorted(files):
+            if (fs.type_name, f) in seen:  # named twice (a folder and a file in it): scored once
+                continue
+            seen.add((fs.type_name, f))
             out.append(Shard(uri=prefix + f if prefix else f, path=f, key=os.path.relpath(f, root), fs=fs))
     if not out:
         raise InputError(f"{what} {spec}: no files found (hidden files starting with '.' or '_' are ignored)")

@@ -1,0 +1,92 @@
+"""Input specs -> shards, and the driver's checks before any Ray work (no Ray here)."""
+
+import os
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from bertml import shards as sh
+from bertml.config import ScoreConfig
+from bertml.output import OutputDir
+from bertml.score import _hash_ids, _not_in_output, score
+from bertml.shards import InputError, resolve
+
+
+@pytest.fixture()
+def tree(tmp_path):
+    for rel in ["in/a.parquet", "in/b.parquet", "in/data[1].parquet", "in/sub/old.parquet", "in/_SUCCESS",
+                "in/.a.parquet.crc", "run[2024]/x.parquet"]:
+        os.makedirs(os.path.dirname(tmp_path / rel), exist_ok=True)
+        (tmp_path / rel).touch()
+    return tmp_path
+
+
+def keys(spec) -> list[str]:
+    return [s.key for s in resolve(spec)]
+
+
+def test_existing_paths_are_literal_even_with_glob_characters(tree):
+    assert keys(str(tree / "in" / "data[1].parquet")) == ["data[1].parquet"]
+    assert keys(str(tree / "run[2024]")) == ["x.parquet"]
+
+
+def test_globs_match_within_a_folder_and_double_star_across(tree):
+    assert keys(str(tree / "in" / "*.parquet")) == ["a.parquet", "b.parquet", "data[1].parquet"]  # not sub/
+    assert keys(str(tree / "in" / "**" / "*.parquet")) == ["a.parquet", "b.parquet", "data[1].parquet", "sub/old.parquet"]
+    assert keys(str(tree / "in" / "[ab].parquet")) == ["a.parquet", "b.parquet"]
+    assert keys(str(tree / "in" / "[!a].parquet")) == ["b.parquet"]
+    assert keys(str(tree / "in" / "?.parquet")) == ["a.parquet", "b.parquet"]
+    assert keys(str(tree / "in")) == ["a.parquet", "b.parquet", "data[1].parquet", "sub/old.parquet"]  # hidden skipped
+    with pytest.raises(InputError, match="no files found"):
+        resolve(str(tree / "in" / "*.csv"))
+
+
+def test_a_file_named_twice_is_one_shard(tree):
+    shards = resolve([str(tree / "in"), str(tree / "in" / "sub" / "old.parquet"), str(tree / "in" / "a.parquet")])
+    assert sorted(s.path for s in shards) == sorted({s.path for s in shards})
+    assert [s.key for s in shards] == ["a.parquet", "b.parquet", "data[1].parquet", "sub/old.parquet"]
+
+
+def test_uris_with_globs_spaces_and_options_parse_or_fail_clearly():
+    fs, path, prefix = sh.split_uri("mock:///bucket/my data/é/part-[0-3].parquet", "input")
+    assert fs.type_name == "mock" and path == "bucket/my data/é/part-[0-3].parquet" and prefix == "mock://"
+    fs, path, _ = sh.split_uri("mock:///bucket/x/part-?.parquet", "input")
+    assert path == "bucket/x/part-?.parquet"  # a glob, not a query string
+    with pytest.raises(InputError, match="not a usable URI"):
+        resolve("nosuch://bucket/x")
+
+
+def test_output_inside_the_input_is_recognised_through_uri_options():
+    fs, path, _ = sh.split_uri("mock:///bucket/data/out/a.parquet", "input")
+    inside = sh.Shard(uri="mock:///" + path, path=path, key="out/a.parquet", fs=fs)
+    fs, path, _ = sh.split_uri("mock:///bucket/data/b.parquet", "input")
+    outside = sh.Shard(uri="mock:///" + path, path=path, key="b.parquet", fs=fs)
+    cfg = ScoreConfig(checkpoint="c", input="mock:///bucket/data", output="mock:///bucket/data/out?opt=1")
+    assert _not_in_output([inside, outside], cfg) == [outside]
+
+
+def test_home_relative_output_is_expanded(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    out = OutputDir("~/scores")
+    assert out.root == str(tmp_path / "scores") and os.path.isdir(tmp_path / "scores")
+    assert not os.path.exists("~")
+
+
+def test_null_ids_are_not_duplicates_and_struct_ids_hash():
+    ids = pa.chunked_array([pa.array([None, None, "a", "a"])])
+    h = _hash_ids(ids)
+    assert len(h) == 2 and len(set(h.tolist())) == 1
+    assert len(_hash_ids(pa.chunked_array([pa.array([{"k": 1}, {"k": 2}])]))) == 2
+
+
+@pytest.mark.parametrize("extra", [{"max_length": 2}, {"long_text": "chunk", "max_length": 16, "chunk_stride": 14}])
+def test_window_too_small_fails_before_ray(multi_ckpt, tmp_path, monkeypatch, extra):
+    import bertml.runtime
+
+    monkeypatch.setattr(bertml.runtime, "init_ray", lambda *a, **k: pytest.fail("Ray was started"))
+    os.makedirs(tmp_path / "in")
+    pq.write_table(pa.table({"id": [1], "text": ["goal"]}), tmp_path / "in" / "a.parquet")
+    with pytest.raises(InputError, match="max_length"):
+        score(ScoreConfig(checkpoint=multi_ckpt, input=str(tmp_path / "in"), output=str(tmp_path / "out"), **extra))
+    assert not os.path.exists(tmp_path / "out")

@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 
 MANIFEST, LOCK = "_bertml_manifest.json", "_bertml.lock"
 META_LABELS, META_CHECKPOINT, META_FINGERPRINT = b"bertml.labels", b"bertml.checkpoint", b"bertml.fingerprint"
+META_OPTIONS, META_INPUT = b"bertml.options", b"bertml.input"  # scoring options; the input shard's rows and bytes
 
 
 class OutputError(ValueError):

@@ -18,6 +18,7 @@ core tokenizing for a GPU that sat idle 95% of the time; jobs/bench_gpu.py, sect
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import time
@@ -38,7 +39,9 @@ from bertml.output import (
     MANIFEST,
     META_CHECKPOINT,
     META_FINGERPRINT,
+    META_INPUT,
     META_LABELS,
+    META_OPTIONS,
     OutputDir,
     OutputError,
     output_name,
@@ -225,16 +228,12 @@ def score(cfg: ScoreConfig, _fault: dict | None = None) -> ScoreSummary:
                 log.warning("overwrite: left %s in place (not a bertml output)", out.path(name))
         out.clean_tmp()
         summary = ScoreSummary(output=cfg.output, shards_skipped=bad)
-        todo: list[sh.ShardInfo] = []
-        for info in good:
-            name = output_name(info.shard.key)
-            if cfg.resume and not cfg.overwrite and out.exists(name):
-                _check_resumable(out, name, fingerprint, cfg)
-                summary.shards_resumed += 1
-            else:
-                todo.append(info)
+        options = output_options(cfg, max_length)
+        done = _resumable(out, good, fingerprint, options) if cfg.resume and not cfg.overwrite else [False] * len(good)
+        todo = [info for info, d in zip(good, done) if not d]
+        summary.shards_resumed = len(good) - len(todo)
         schema_meta = {META_LABELS: _json(meta.labels), META_CHECKPOINT: _ckpt_name(cfg.checkpoint).encode(),
-                       META_FINGERPRINT: fingerprint.encode()}
+                       META_FINGERPRINT: fingerprint.encode(), META_OPTIONS: _json(options)}
         committer = _Committer(out, todo, cfg, schema_meta, summary, _fault, meta.multi_label)
         try:
             committer.commit_empty_shards()
@@ -268,8 +267,6 @@ def _ckpt_name(path: str) -> str:
 
 
 def _json(obj) -> bytes:
-    import json
-
     return json.dumps(obj, ensure_ascii=False).encode("utf-8")
 
 
@@ -313,16 +310,53 @@ def _check_shards(results, cfg: ScoreConfig, keep: list[str]) -> tuple[list[sh.S
     return good, bad
 
 
-def _check_resumable(out: OutputDir, name: str, fingerprint: str, cfg: ScoreConfig) -> None:
-    try:
-        found = out.read_meta(name).get(META_FINGERPRINT, b"").decode()
-    except Exception as e:  # noqa: BLE001
-        raise OutputError(f"{out.path(name)}: existing output is unreadable ({e}); use overwrite=true") from None
-    if found != fingerprint:
-        raise OutputError(
-            f"{out.path(name)} was scored by another checkpoint ({found or 'unknown'}, now {fingerprint}); "
-            "use overwrite=true to re-score everything, or a new output folder"
-        )
+def output_options(cfg: ScoreConfig, max_length: int) -> dict:
+    """The scoring options that shape an output file (recorded in it; resume requires the same)."""
+    return {"text_column": cfg.text_column, "id_column": cfg.id_column, "passthrough": list(cfg.passthrough),
+            "max_length": max_length, "long_text": cfg.long_text, "top_k": cfg.top_k,
+            **({"chunk_stride": cfg.chunk_stride, "chunk_pooling": cfg.chunk_pooling, "max_chunks": cfg.max_chunks}
+               if cfg.long_text == "chunk" else {})}
+
+
+def input_identity(info: sh.ShardInfo) -> dict:
+    return {"rows": info.num_rows, "bytes": info.shard.size}
+
+
+def _resumable(out: OutputDir, infos: list[sh.ShardInfo], fingerprint: str, options: dict) -> list[bool]:
+    """Per input shard: True when its committed output can be kept (footers read in parallel).
+
+    Kept: same checkpoint, same options, same input (rows and bytes). An input shard
+    rewritten since (a nightly file reused under its name) is scored again. Another
+    checkpoint or other options stop the run: the folder would mix two kinds of output.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(info: sh.ShardInfo) -> bool:
+        name = output_name(info.shard.key)
+        if not out.exists(name):
+            return False
+        try:
+            found = out.read_meta(name)
+        except Exception as e:  # noqa: BLE001
+            raise OutputError(f"{out.path(name)}: existing output is unreadable ({e}); use overwrite=true") from None
+        was = found.get(META_FINGERPRINT, b"").decode()
+        if was != fingerprint:
+            raise OutputError(
+                f"{out.path(name)} was scored by another checkpoint ({was or 'unknown'}, now {fingerprint}); "
+                "use overwrite=true to re-score everything, or a new output folder"
+            )
+        if META_OPTIONS in found and (old := json.loads(found[META_OPTIONS])) != options:
+            diff = ", ".join(f"{k}: {old.get(k)!r} -> {options.get(k)!r}" for k in sorted(set(old) | set(options))
+                             if old.get(k) != options.get(k))
+            raise OutputError(f"{out.path(name)} was scored with other options ({diff}); "
+                              "use overwrite=true to re-score everything, or a new output folder")
+        if META_INPUT in found and json.loads(found[META_INPUT]) != input_identity(info):
+            log.info("%s changed since it was scored: scoring it again", info.shard.uri)
+            return False
+        return True
+
+    with ThreadPoolExecutor(max_workers=min(16, max(1, len(infos)))) as pool:
+        return list(pool.map(one, infos))
 
 
 def _run_pipeline(cfg: ScoreConfig, todo: list[sh.ShardInfo], max_length: int, committer) -> None:
@@ -552,7 +586,7 @@ class _Committer:
             if len(rows) != info.num_rows or (rows != np.arange(info.num_rows)).any():  # `add` makes this impossible
                 raise RuntimeError(f"{info.shard.uri}: rows came back incomplete or out of order; not committed")
         try:
-            table = self._finalize(table, self._kept(info))
+            table = self._finalize(table, self._kept(info), input_identity(info))
         except _UnreadableShard as e:
             self._fail(s, str(e))
             return
@@ -577,7 +611,7 @@ class _Committer:
             raise _UnreadableShard(f"{kept.num_rows} rows in its id/passthrough columns, {info.num_rows} in its footer")
         return kept
 
-    def _finalize(self, table: pa.Table, kept: pa.Table | None) -> pa.Table:
+    def _finalize(self, table: pa.Table, kept: pa.Table | None, identity: dict) -> pa.Table:
         """Output columns: id (or `row`), passthrough, results, status."""
         cols: dict[str, pa.ChunkedArray] = {}
         if not self.cfg.id_column:
@@ -591,7 +625,7 @@ class _Committer:
         if kept is not None:  # nullability and field metadata as the input had them
             fields = {f.name: f for f in kept.schema}
             out = out.cast(pa.schema([fields.get(f.name, f) for f in out.schema]))
-        return out.replace_schema_metadata(self.meta)
+        return out.replace_schema_metadata({**self.meta, META_INPUT: _json(identity)})
 
     def _empty(self, info: sh.ShardInfo) -> pa.Table:
         """A zero-row table with the result columns (so every input shard has an output file)."""

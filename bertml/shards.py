@@ -31,6 +31,7 @@ class Shard:
     path: str  # path inside `fs`
     key: str
     fs: pafs.FileSystem
+    size: int = -1  # bytes, from the listing (-1: unknown)
 
 
 @dataclass(frozen=True)
@@ -119,20 +120,21 @@ def resolve(spec: str | list[str], what: str = "input") -> list[Shard]:
                 root = os.path.dirname(root)
             rx = _glob_regex(path)
             infos = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
-            files = [i.path for i in infos if i.is_file and rx.match(i.path)]
+            files = [i for i in infos if i.is_file and rx.match(i.path)]
         elif info.type == pafs.FileType.NotFound:
             raise InputError(f"{what} {s}: no such file or folder")
         elif info.type == pafs.FileType.File:
-            root, files = os.path.dirname(path), [path]
+            root, files = os.path.dirname(path), [info]
         else:
             root = path
-            files = [i.path for i in fs.get_file_info(pafs.FileSelector(path, recursive=True)) if i.is_file]
-        files = [f for f in files if not any(_is_hidden(p) for p in os.path.relpath(f, root).split(os.sep))]
-        for f in sorted(files):
-            if (fs.type_name, f) in seen:  # named twice (a folder and a file in it): scored once
+            files = [i for i in fs.get_file_info(pafs.FileSelector(path, recursive=True)) if i.is_file]
+        files = [i for i in files if not any(_is_hidden(p) for p in os.path.relpath(i.path, root).split(os.sep))]
+        for i in sorted(files, key=lambda i: i.path):
+            if (fs.type_name, i.path) in seen:  # named twice (a folder and a file in it): scored once
                 continue
-            seen.add((fs.type_name, f))
-            out.append(Shard(uri=prefix + f if prefix else f, path=f, key=os.path.relpath(f, root), fs=fs))
+            seen.add((fs.type_name, i.path))
+            out.append(Shard(uri=prefix + i.path if prefix else i.path, path=i.path, key=os.path.relpath(i.path, root),
+                             fs=fs, size=i.size if i.size is not None else -1))
     if not out:
         raise InputError(f"{what} {spec}: no files found (hidden files starting with '.' or '_' are ignored)")
     return out

@@ -3,6 +3,7 @@ arrive in any order, split and bundled across shards, some delivered twice (retr
 tasks); each shard is written once, complete and in input order, also when its rows were
 spilled to disk on the way."""
 
+import json
 import os
 import random
 
@@ -74,7 +75,9 @@ def test_each_shard_written_once_complete_in_order(tmp_path, spill_bytes, seed):
         assert got.column_names == ["id", "probs", "tags", "status"]
         assert got.column("id").to_pylist() == [f"{name}-{i}" for i in range(n)]
         assert np.array(got.column("probs").to_pylist()).tolist() == [[s, i] for i in range(n)]
-        assert got.schema.metadata == {b"k": b"v"}
+        meta = got.schema.metadata
+        assert meta[b"k"] == b"v" and json.loads(meta[b"bertml.input"]) == {
+            "rows": n, "bytes": os.path.getsize(tmp_path / "in" / name)}
     if c.spilled:
         assert c._spill_dir is None  # removed by close()
 

@@ -148,6 +148,23 @@ def test_resume_refuses_output_from_another_checkpoint(ray_local, multi_ckpt, si
     assert out.column("label").to_pylist() == [labels[i] for i in probs.argmax(1)]
 
 
+def test_resume_rescores_a_rewritten_input_and_refuses_other_options(ray_local, multi_ckpt, tmp_path):
+    """Nightly inputs reused under the same name: a shard rewritten since it was scored is
+    scored again, the unchanged one is kept; other scoring options stop the run."""
+    inp = write_shards(str(tmp_path / "in"), n_shards=2, rows=10)
+    out = tmp_path / "out"
+    score(cfg(multi_ckpt, inp, out))
+    rows = make_rows(15, seed=99)
+    pq.write_table(pa.table({"id": [r["id"] for r in rows], "text": [r["text"] for r in rows],
+                             "source": ["new"] * 15, "n": list(range(15))}), os.path.join(inp, "part-001.parquet"))
+    summary = score(cfg(multi_ckpt, inp, out))
+    assert (summary.shards_resumed, summary.shards_scored, summary.rows) == (1, 1, 15)
+    assert read(out / "part-001.parquet").column("id").to_pylist() == [r["id"] for r in rows]
+    assert read(out / "part-000.parquet").num_rows == 10
+    with pytest.raises(OutputError, match=r"other options \(top_k: 0 -> 2\)"):
+        score(cfg(multi_ckpt, inp, out, "top_k=2"))
+
+
 def test_chunked_long_documents(ray_local, multi_ckpt, tmp_path):
     long = "tennis match bank stocks " * 40
     os.makedirs(tmp_path / "in")

@@ -58,7 +58,7 @@ from bertml.scorer import (
     TOP_K,
     Scorer,
 )
-from bertml.tokenization import encode_batch
+from bertml.tokenization import encode_batch, special_tokens
 
 log = logging.getLogger("bertml.score")
 
@@ -196,11 +196,7 @@ def score(cfg: ScoreConfig, _fault: dict | None = None) -> ScoreSummary:
     meta = ckpt_io.read_meta(local_ckpt)  # all checks before Ray starts
     max_length = cfg.max_length or meta.max_length
     ckpt_io.check_max_length(local_ckpt, max_length)
-    try:  # the tokenization stage's own check, before any Ray work
-        encode_batch(_tokenizer(local_ckpt, cfg.trust_remote_code), ["a"], max_length, chunk=cfg.long_text == "chunk",
-                     stride=cfg.chunk_stride, max_chunks=cfg.max_chunks)
-    except ValueError as e:
-        raise sh.InputError(f"max_length/chunk_stride: {e}") from None
+    _check_window(cfg, local_ckpt, max_length)
     fingerprint = ckpt_io.fingerprint(local_ckpt)
     keep = kept_columns(cfg)
 
@@ -251,6 +247,17 @@ def score(cfg: ScoreConfig, _fault: dict | None = None) -> ScoreSummary:
         return summary
     finally:
         out.unlock()
+
+
+def _check_window(cfg: ScoreConfig, checkpoint: str, max_length: int) -> None:
+    """The tokenization stage's window arithmetic, checked before any Ray work."""
+    prefix, suffix = special_tokens(_tokenizer(checkpoint, cfg.trust_remote_code))
+    n = len(prefix) + len(suffix)
+    if max_length <= n:
+        raise sh.InputError(f"max_length {max_length} leaves no text tokens after the tokenizer's {n} special tokens; "
+                            f"use max_length > {n}")
+    if cfg.long_text == "chunk" and cfg.chunk_stride >= max_length - n:
+        raise sh.InputError(f"chunk_stride {cfg.chunk_stride} must be below max_length - {n} ({max_length - n})")
 
 
 def kept_columns(cfg: ScoreConfig) -> list[str]:

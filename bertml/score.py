@@ -132,6 +132,7 @@ class ReadUnits:
         info = self.infos[s]
         try:
             with info.shard.fs.open_input_file(info.shard.path) as f:
+                _check_unchanged(info, f)
                 t = pq.ParquetFile(f).read_row_groups(list(groups), columns=[self.text_column])
             text = _as_text(t.column(self.text_column).slice(offset, rows))
         except Exception as e:  # noqa: BLE001 - a bad row group flags its shard, never the run
@@ -157,6 +158,18 @@ def _as_text(col: pa.ChunkedArray) -> pa.Array:
     except pa.ArrowInvalid:
         raw = col.view(pa.binary())
         return pa.array([None if b is None else b.decode("utf-8", "replace") for b in raw.to_pylist()], pa.string())
+
+
+class ShardChanged(OSError):
+    pass
+
+
+def _check_unchanged(info: sh.ShardInfo, f) -> None:
+    """Refuse a shard whose file was rewritten since it was listed (its rows would no longer
+    match the ones planned, or ids would pair with another text's scores)."""
+    if info.shard.size >= 0 and f.size() != info.shard.size:
+        raise ShardChanged(f"the file changed while it was being scored ({f.size()} bytes, {info.shard.size} when "
+                           "listed); re-run to score its new contents")
 
 
 def _error_text(e: Exception) -> str:
@@ -517,7 +530,9 @@ class _Committer:
         consecutive rows: a shard's runs never overlap, so sorting them by first row puts
         the whole shard in order without copying it."""
         rows = part.column(ROW).to_numpy()
-        got = self.got.setdefault(s, np.zeros(self.todo[s].num_rows, dtype=bool))
+        got = self.got.get(s)
+        if got is None:
+            got = self.got[s] = np.zeros(self.todo[s].num_rows, dtype=bool)
         if len(rows) and (rows.min() < 0 or rows.max() >= len(got)):
             raise RuntimeError(f"{self.todo[s].shard.uri}: a scored block holds rows outside the shard")
         order = np.argsort(rows, kind="stable")
@@ -611,6 +626,7 @@ class _Committer:
             return None
         try:
             with info.shard.fs.open_input_file(info.shard.path) as f:
+                _check_unchanged(info, f)
                 kept = pq.ParquetFile(f).read(columns=keep)
         except Exception as e:  # noqa: BLE001 - flags its shard, never the run
             raise _UnreadableShard(_error_text(e)) from None

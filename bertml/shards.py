@@ -12,7 +12,7 @@ import os
 import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -47,7 +47,7 @@ def _is_hidden(name: str) -> bool:
 
 
 _GLOB = "*?["
-_QUERY = re.compile(r"\?[A-Za-z_][\w.-]*=[^/]*$")  # a URI's trailing ?key=value options (not a glob)
+_QUERY = re.compile(r"\?(?=[A-Za-z_][\w.-]*=)")  # where a URI's ?key=value options start (a ? before key=)
 
 
 def split_uri(spec: str, what: str, glob: bool = True) -> tuple[pafs.FileSystem, str, str]:
@@ -56,7 +56,7 @@ def split_uri(spec: str, what: str, glob: bool = True) -> tuple[pafs.FileSystem,
     characters are percent-encoded for it. Local paths: ~ expanded, made absolute."""
     if "://" in spec and not spec.startswith("file://"):
         m = _QUERY.search(spec)
-        base, query = (spec[: m.start()], m.group()) if m else (spec, "")
+        base, query = (spec[: m.start()], spec[m.start() :]) if m else (spec, "")
         head = base.index("://") + 3
         comps = base[head:].split("/")
         k = next((i for i, c in enumerate(comps) if glob and i > 0 and any(ch in c for ch in _GLOB)), len(comps))
@@ -66,16 +66,17 @@ def split_uri(spec: str, what: str, glob: bool = True) -> tuple[pafs.FileSystem,
         except (pa.ArrowException, ValueError, OSError) as e:
             raise InputError(f"{what} {spec}: not a usable URI ({str(e).splitlines()[0]}); "
                              "check the scheme (s3://, gs://, hdfs://...) and the bucket") from None
-        rest = "/".join(comps[k:])
-        return fs, (path.rstrip("/") + "/" + rest) if rest else path, spec[:head]
+        rest = unquote("/".join(comps[k:])).rstrip("/")  # decoded like the literal part
+        return fs, (path.rstrip("/") + "/" + rest) if rest else path.rstrip("/") or path, spec[:head]
     path = spec[len("file://") :] if spec.startswith("file://") else spec
     return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(path)), ""
 
 
-def _glob_regex(pattern: str) -> re.Pattern:
-    """A path glob as a regex: * ? [...] stay within one path component, ** spans any."""
-    out, i = [], 0
-    while i < len(pattern):
+def _glob_regex(pattern: str) -> str:
+    """A path glob as a regex (fnmatch's syntax): * ? [...] [!...] stay within one path
+    component, ** spans any number of them."""
+    out, i, n = [], 0, len(pattern)
+    while i < n:
         c = pattern[i]
         if pattern.startswith("**/", i):
             out.append("(?:[^/]*/)*")
@@ -85,21 +86,38 @@ def _glob_regex(pattern: str) -> re.Pattern:
             out.append(".*")
             i += 2
             continue
-        if c == "*":
-            out.append("[^/]*")
-        elif c == "?":
-            out.append("[^/]")
-        elif c == "[" and "]" in pattern[i + 2 :]:
-            j = pattern.index("]", i + 2)
-            body = pattern[i + 1 : j]
-            neg = body.startswith("!")
-            out.append("[" + ("^/" if neg else "") + re.escape(body[1:] if neg else body).replace("\\-", "-") + "]")
-            i = j + 1
-            continue
-        else:
-            out.append(re.escape(c))
+        if c == "[":
+            j = i + 1
+            j += j < n and pattern[j] == "!"
+            j += j < n and pattern[j] == "]"  # a leading ] is a member, as in fnmatch
+            while j < n and pattern[j] != "]":
+                j += 1
+            if j < n:
+                body = pattern[i + 1 : j]
+                neg = body.startswith("!")
+                members = re.escape(body[1:] if neg else body).replace("\\-", "-")
+                out.append(("[^/" if neg else "[") + members + "]")
+                i = j + 1
+                continue
+        out.append("[^/]*" if c == "*" else "[^/]" if c == "?" else re.escape(c))
         i += 1
-    return re.compile("".join(out) + r"\Z")
+    return "".join(out)
+
+
+def _glob(fs: pafs.FileSystem, pattern: str, what: str, spec: str) -> tuple[str, list[pafs.FileInfo]]:
+    """(root, files) for a glob: the root is its longest leading run of folders that exist
+    as named (even with [ ] in a name); the rest is matched as a pattern below it."""
+    comps = pattern.split("/")
+    k = next(i for i, c in enumerate(comps) if any(ch in c for ch in _GLOB))
+    while k < len(comps) - 1 and fs.get_file_info("/".join(comps[: k + 1])).type == pafs.FileType.Directory:
+        k += 1
+    root = "/".join(comps[:k]) or "/"
+    try:
+        rx = re.compile(re.escape(root.rstrip("/") + "/") + _glob_regex("/".join(comps[k:])) + r"\Z")
+    except re.error as e:
+        raise InputError(f"{what} {spec}: not a valid glob ({e})") from None
+    infos = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
+    return root, [i for i in infos if i.is_file and rx.match(i.path)]
 
 
 def resolve(spec: str | list[str], what: str = "input") -> list[Shard]:
@@ -115,12 +133,7 @@ def resolve(spec: str | list[str], what: str = "input") -> list[Shard]:
         fs, path, prefix = split_uri(s, what)
         info = fs.get_file_info(path)
         if info.type == pafs.FileType.NotFound and any(c in path for c in _GLOB):
-            root = path
-            while any(c in root for c in _GLOB):
-                root = os.path.dirname(root)
-            rx = _glob_regex(path)
-            infos = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
-            files = [i for i in infos if i.is_file and rx.match(i.path)]
+            root, files = _glob(fs, path, what, s)
         elif info.type == pafs.FileType.NotFound:
             raise InputError(f"{what} {s}: no such file or folder")
         elif info.type == pafs.FileType.File:

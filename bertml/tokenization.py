@@ -23,8 +23,10 @@ OK, EMPTY, TRUNCATED, CHUNKED = "ok", "empty", "truncated", "chunked"
 # (at a whitespace), which keeps memory and time bounded on pathological (e.g. 100 MB)
 # texts. Characters that make no token (whitespace runs, control characters) or a long
 # word that makes one [UNK] can leave the cut short of tokens; it is then widened 8x at a
-# time until the text gives every token its windows need, or ends.
+# time until the text gives every token its windows need, ends, or reaches
+# _CHARS_CEILING characters (~1 s of tokenizing): past that the row is `truncated`.
 _CHARS_PER_TOKEN_CAP = 128
+_CHARS_CEILING = 1 << 20
 # Truncating, a long text is first tokenized only up to a word boundary this many
 # characters per needed token in (prose runs ~4-6 per token): a 5,000-word article cut to
 # 256 tokens no longer pays for the words it drops. Too short a cut is detected and redone.
@@ -94,15 +96,15 @@ def encode_batch(
     if keep:
         # Tokens that decide every kept window and whether the text goes on past them.
         needed = width + (limit - 1) * step + 1
-        ids = _capped_token_ids(tokenizer, [cleaned[i] for i in keep], None if chunk else width, needed)
-        for i, row in zip(keep, ids):
+        ids, cut = _capped_token_ids(tokenizer, [cleaned[i] for i in keep], None if chunk else width, needed)
+        for i, row, short in zip(keep, ids, cut):
             if not row:  # visible characters the tokenizer drops (combining marks, soft hyphens)
                 continue
             n_win = 1 if len(row) <= width else 1 + -(-(len(row) - width) // step)  # ceil
             for k in range(min(n_win, limit)):
                 kept.append(prefix + row[k * step : k * step + width] + suffix)
             per_row[i] = min(n_win, limit)
-            status[i] = TRUNCATED if n_win > limit else CHUNKED if n_win > 1 else OK
+            status[i] = TRUNCATED if n_win > limit or short else CHUNKED if n_win > 1 else OK
     lengths = np.fromiter((len(w) for w in kept), dtype=np.int32, count=len(kept))
     values = np.fromiter((t for w in kept for t in w), dtype=np.int32, count=int(lengths.sum()))
     windows = pa.ListArray.from_arrays(pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)), pa.array(values))
@@ -110,24 +112,30 @@ def encode_batch(
     return rows, status
 
 
-def _capped_token_ids(tokenizer, texts: list[str], need: int | None, needed: int) -> list[list[int]]:
-    """Token ids of each text's head, long enough to hold `needed` tokens (or the whole text).
+def _capped_token_ids(tokenizer, texts: list[str], need: int | None, needed: int) -> tuple[list[list[int]], list[bool]]:
+    """Token ids of each text's head, long enough to hold `needed` tokens (or the whole text),
+    and per text whether it was cut short of that at _CHARS_CEILING characters.
 
     A text over `needed` x _CHARS_PER_TOKEN_CAP characters is cut at a whitespace near
-    there; a cut that gave fewer than `needed` tokens is widened 8x and redone. A text
-    still cut at the end has at least `needed` tokens, so its windows and status are those
-    of the whole text.
+    there; a cut that gave fewer than `needed` tokens is widened 8x and redone, up to the
+    ceiling. A text still cut with `needed` tokens has the whole text's windows and status.
     """
-    caps = [needed * _CHARS_PER_TOKEN_CAP] * len(texts)
+    first = needed * _CHARS_PER_TOKEN_CAP
+    ceiling = max(first, _CHARS_CEILING)
+    caps = [first] * len(texts)
     ids = _token_ids(tokenizer, [_head(t, c) for t, c in zip(texts, caps)], need)
-    short = [j for j, t in enumerate(texts) if len(t) > caps[j] and len(ids[j]) < needed]
-    while short:
-        for j in short:
-            caps[j] *= 8
-        for j, row in zip(short, _token_ids(tokenizer, [_head(texts[j], caps[j]) for j in short], need)):
+
+    def short(j: int) -> bool:
+        return len(texts[j]) > caps[j] and len(ids[j]) < needed
+
+    todo = [j for j in range(len(texts)) if short(j) and caps[j] < ceiling]
+    while todo:
+        for j in todo:
+            caps[j] = min(caps[j] * 8, ceiling)
+        for j, row in zip(todo, _token_ids(tokenizer, [_head(texts[j], caps[j]) for j in todo], need)):
             ids[j] = row
-        short = [j for j in short if len(texts[j]) > caps[j] and len(ids[j]) < needed]
-    return ids
+        todo = [j for j in todo if short(j) and caps[j] < ceiling]
+    return ids, [short(j) for j in range(len(texts))]
 
 
 def _head(text: str, cap: int) -> str:
@@ -186,7 +194,7 @@ def tokenize_for_training(tokenizer, texts: Sequence[object], max_length: int) -
     if width < 1:
         raise ValueError(f"max_length {max_length} leaves no text tokens after the special tokens")
     cleaned = [clean_text(t) or "" for t in texts]
-    rows = [prefix + row[:width] + suffix for row in _capped_token_ids(tokenizer, cleaned, width, width + 1)]
+    rows = [prefix + row[:width] + suffix for row in _capped_token_ids(tokenizer, cleaned, width, width + 1)[0]]
     lengths = np.array([len(r) for r in rows], dtype=np.int64)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     mask = np.arange(int(lengths.max(initial=1)))[None, :] < lengths[:, None]

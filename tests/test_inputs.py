@@ -42,6 +42,17 @@ def test_globs_match_within_a_folder_and_double_star_across(tree):
         resolve(str(tree / "in" / "*.csv"))
 
 
+def test_glob_edge_cases_follow_fnmatch_and_bracketed_folders_are_literal(tree):
+    (tree / "in" / "x]y.parquet").touch()
+    (tree / "run[2024]" / "y.parquet").touch()
+    assert keys(str(tree / "run[2024]" / "*.parquet")) == ["x.parquet", "y.parquet"]  # folder taken as named
+    assert keys(str(tree / "in" / "[!]]*.parquet")) == ["a.parquet", "b.parquet", "data[1].parquet", "x]y.parquet"]
+    assert keys(str(tree / "in" / "[]x]*.parquet")) == ["x]y.parquet"]  # a leading ] is a member
+    assert keys(str(tree / "*" / "[ax].parquet")) == ["in/a.parquet", "run[2024]/x.parquet"]
+    with pytest.raises(InputError, match="not a valid glob"):
+        resolve(str(tree / "in" / "[z-a]*.parquet"))
+
+
 def test_a_file_named_twice_is_one_shard(tree):
     shards = resolve([str(tree / "in"), str(tree / "in" / "sub" / "old.parquet"), str(tree / "in" / "a.parquet")])
     assert sorted(s.path for s in shards) == sorted({s.path for s in shards})
@@ -53,6 +64,13 @@ def test_uris_with_globs_spaces_and_options_parse_or_fail_clearly():
     assert fs.type_name == "mock" and path == "bucket/my data/é/part-[0-3].parquet" and prefix == "mock://"
     fs, path, _ = sh.split_uri("mock:///bucket/x/part-?.parquet", "input")
     assert path == "bucket/x/part-?.parquet"  # a glob, not a query string
+    fs, path, _ = sh.split_uri("mock:///bucket/x%20y/c%20*.parquet", "input")
+    assert path == "bucket/x y/c *.parquet"  # escapes decoded in the glob part too
+    assert sh.split_uri("mock:///bucket/dir/**/", "input")[1] == "bucket/dir/**"
+    # options may hold slashes (a MinIO endpoint): they go to the filesystem, not the path
+    opts = "?region=us-east-1&endpoint_override=http://localhost:9000"
+    assert sh.split_uri("mock:///bucket/dir" + opts, "input")[1] == "bucket/dir"
+    assert sh.split_uri("mock:///bucket/dir/*.parquet" + opts, "input")[1] == "bucket/dir/*.parquet"
     with pytest.raises(InputError, match="not a usable URI"):
         resolve("nosuch://bucket/x")
 
@@ -90,3 +108,18 @@ def test_window_too_small_fails_before_ray(multi_ckpt, tmp_path, monkeypatch, ex
     with pytest.raises(InputError, match="max_length"):
         score(ScoreConfig(checkpoint=multi_ckpt, input=str(tmp_path / "in"), output=str(tmp_path / "out"), **extra))
     assert not os.path.exists(tmp_path / "out")
+
+
+def test_a_shard_rewritten_after_listing_is_refused_not_mixed(tmp_path):
+    """Ids are read at commit, texts earlier: a file rewritten in between (same rows, other
+    bytes) must fail its shard, never pair new ids with old texts' scores."""
+    from bertml.score import ERROR, ReadUnits, ShardChanged, _check_unchanged
+
+    path = tmp_path / "a.parquet"
+    pq.write_table(pa.table({"id": ["a", "b"], "text": ["goal", "bank"]}), path)
+    info = sh.inspect(resolve(str(path))[0])
+    pq.write_table(pa.table({"id": ["new-a", "new-b"], "text": ["chip", "tennis match"]}), path)
+    with path.open("rb") as f, pytest.raises(ShardChanged, match="changed while it was being scored"):
+        _check_unchanged(info, pa.PythonFile(f))
+    marker = ReadUnits([info], "text", 8, {}).read(0, range(1), 0)
+    assert marker.num_rows == 1 and "changed while it was being scored" in marker.column(ERROR)[0].as_py()

@@ -165,6 +165,20 @@ def test_sparse_texts_keep_the_tokens_a_direct_call_keeps(tok, chunk):
         assert row[mask == 1].tolist() == tok(text, truncation=True, max_length=24)["input_ids"]
 
 
+def test_widening_stops_at_a_ceiling_and_says_truncated(tok, monkeypatch):
+    """A huge text that makes few tokens is not tokenized whole: past the ceiling its
+    head is scored and the row is `truncated`."""
+    import bertml.tokenization as tz
+
+    monkeypatch.setattr(tz, "_CHARS_CEILING", 50_000)
+    calls = []
+    real = tz._token_ids
+    monkeypatch.setattr(tz, "_token_ids", lambda t, texts, need: calls.append(max(map(len, texts))) or real(t, texts, need))
+    ids, status = encode_batch(tok, ["goal " + " " * 400_000 + "bank", "goal"], 16)
+    assert list(status) == ["truncated", "ok"] and max(calls) <= 50_000
+    assert ids.to_pylist()[0] == [tok("goal", truncation=True, max_length=16)["input_ids"]]
+
+
 def test_text_the_tokenizer_drops_entirely_is_empty(tok):
     """Visible characters that make no token (combining marks, a soft hyphen, U+FFFD left
     by repaired bytes in this vocabulary) get status empty, not a [CLS][SEP] prediction."""

@@ -131,9 +131,7 @@ class ReadUnits:
         """Rows [offset, offset + rows) of row groups `groups` of shard `s`; row_start: the first one's row in the shard."""
         info = self.infos[s]
         try:
-            with info.shard.fs.open_input_file(info.shard.path) as f:
-                _check_unchanged(info, f)
-                t = pq.ParquetFile(f).read_row_groups(list(groups), columns=[self.text_column])
+            t = read_columns(info, [self.text_column], groups)
             text = _as_text(t.column(self.text_column).slice(offset, rows))
         except Exception as e:  # noqa: BLE001 - a bad row group flags its shard, never the run
             return _error_table(s, _error_text(e))
@@ -162,6 +160,14 @@ def _as_text(col: pa.ChunkedArray) -> pa.Array:
 
 class ShardChanged(OSError):
     pass
+
+
+def read_columns(info: sh.ShardInfo, columns: list[str], groups: range | None = None) -> pa.Table:
+    """`columns` of a shard (of row groups `groups`, or all), refusing a file rewritten since listing."""
+    with info.shard.fs.open_input_file(info.shard.path) as f:
+        _check_unchanged(info, f)
+        pf = pq.ParquetFile(f)
+        return pf.read(columns=columns) if groups is None else pf.read_row_groups(list(groups), columns=columns)
 
 
 def _check_unchanged(info: sh.ShardInfo, f) -> None:
@@ -353,11 +359,11 @@ def _resumable(out: OutputDir, infos: list[sh.ShardInfo], fingerprint: str, opti
 
     def one(info: sh.ShardInfo) -> bool:
         name = output_name(info.shard.key)
-        if not out.exists(name):
-            return False
         try:
-            found = out.read_meta(name)
-        except Exception as e:  # noqa: BLE001
+            found = out.read_meta(name)  # one request per shard; existence checked only on failure
+        except Exception as e:  # noqa: BLE001 - object stores raise OSError, not FileNotFoundError, for a missing key
+            if not out.exists(name):
+                return False
             raise OutputError(f"{out.path(name)}: existing output is unreadable ({e}); use overwrite=true") from None
         was = found.get(META_FINGERPRINT, b"").decode()
         if was != fingerprint:
@@ -625,9 +631,7 @@ class _Committer:
         if not keep:
             return None
         try:
-            with info.shard.fs.open_input_file(info.shard.path) as f:
-                _check_unchanged(info, f)
-                kept = pq.ParquetFile(f).read(columns=keep)
+            kept = read_columns(info, keep)
         except Exception as e:  # noqa: BLE001 - flags its shard, never the run
             raise _UnreadableShard(_error_text(e)) from None
         if kept.num_rows != info.num_rows:

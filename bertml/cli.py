@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from bertml.config import ConfigError, ScoreConfig, TrainConfig, describe, load, to_dict
+from bertml.secrets import flat_paths, redact, warn_inline
 
 log = logging.getLogger("bertml")
 
@@ -36,7 +37,7 @@ def _run_train(cfg: TrainConfig) -> int:
 
     result = train(cfg)
     print(format_summary(result.metrics, cfg.data.problem_type == "multi_label"))
-    print(f"checkpoint: {result.checkpoint}")
+    print(f"checkpoint: {redact(result.checkpoint)}")
     return 0
 
 
@@ -122,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"bertml {args.command}: config error: {e}", file=sys.stderr)
         return 2
-    resolved = json.dumps(to_dict(cfg), indent=2, ensure_ascii=False)
+    resolved = json.dumps(redact(to_dict(cfg)), indent=2, ensure_ascii=False)  # never a URI's credentials
+    warn_inline(flat_paths(cfg))
     if args.print_config:
         print(resolved)
         return 0
@@ -138,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
 
         if isinstance(e, (InputError, CheckpointError, OutputError, ConfigError, LabelError, ModelError,
                           FileNotFoundError)):
-            print(f"bertml {args.command}: error: {e}", file=sys.stderr)
+            print(f"bertml {args.command}: error: {redact(str(e))}", file=sys.stderr)
             return 2
         raise
 

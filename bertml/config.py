@@ -113,6 +113,10 @@ class ScalingConfig:
     cpus_per_worker: Union[float, None] = opt(
         None, "CPUs reserved per worker; null: 1, lowered on small machines so Ray Data keeps a CPU for reading"
     )
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = opt(
+        "PACK", "Ray's placement of the workers: PACK fills a node first; SPREAD puts them on as many nodes as "
+        "it can (one per node when there are enough); STRICT_SPREAD requires one node each"
+    )
 
     def __post_init__(self) -> None:
         _check(self.num_workers >= 1, "scaling.num_workers", self.num_workers, "an integer >= 1")
@@ -379,7 +383,9 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 def save(cfg: Any, path: str | os.PathLike) -> None:
     """Write the resolved config as YAML (or JSON if the path ends in .json)."""
-    d = to_dict(cfg)
+    from bertml.secrets import redact
+
+    d = redact(to_dict(cfg))  # URIs without their credentials
     with open(path, "w", encoding="utf-8") as f:
         if str(path).endswith(".json"):
             json.dump(d, f, indent=2, ensure_ascii=False)

@@ -21,7 +21,10 @@ from typing import Literal, Union
 
 import numpy as np
 
+from bertml import checkpoint as ckpt_io
 from bertml.config import ConfigError, ScoreConfig, opt, to_dict
+from bertml.secrets import redact
+from bertml.shards import join_uri
 
 log = logging.getLogger("bertml.evaluate")
 
@@ -74,7 +77,7 @@ class EvalConfig:
         _check_scoring(self)
 
     def score_config(self) -> ScoreConfig:
-        return _score_config(self, os.path.join(self.report or ".", "scored"), overwrite=True)
+        return _score_config(self, join_uri(self.report or ".", "scored"), overwrite=True)
 
 
 @dataclass
@@ -105,11 +108,10 @@ class ThresholdsConfig:
     cpus_per_actor: float = opt(0.5, _H["cpus_per_actor"])
 
     def __post_init__(self) -> None:
-        if not self.output or ("://" in self.output and not self.output.startswith("file://")):
-            raise ConfigError(f"output: expected a new local checkpoint folder (copy it to object storage "
-                              f"afterwards), got {self.output!r}")
-        if self.checkpoint and os.path.abspath(self.output) == os.path.abspath(self.checkpoint):
-            raise ConfigError(f"output: expected a folder other than the checkpoint, got {self.output!r}")
+        if not self.output:
+            raise ConfigError(f"output: expected a new checkpoint folder or object-store prefix, got {self.output!r}")
+        if self.checkpoint and _same_place(self.output, self.checkpoint):
+            raise ConfigError(f"output: expected a folder other than the checkpoint, got {redact(self.output)!r}")
         t = self.target_precision
         if t is not None and not 0.0 < t <= 1.0:
             raise ConfigError(f"target_precision: expected null or a number in (0, 1], got {t!r}")
@@ -117,6 +119,14 @@ class ThresholdsConfig:
 
     def score_config(self, output: str) -> ScoreConfig:
         return _score_config(self, output, overwrite=False)
+
+
+def _same_place(a: str, b: str) -> bool:
+    from bertml.checkpoint import is_uri
+
+    if is_uri(a) or is_uri(b):
+        return a.split("?")[0].rstrip("/") == b.split("?")[0].rstrip("/")
+    return os.path.abspath(a) == os.path.abspath(b)
 
 
 def _score_config(cfg, output: str, overwrite: bool) -> ScoreConfig:
@@ -174,7 +184,6 @@ def score_labelled(score_cfg: ScoreConfig, labels_column: str, delimiter: str | 
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from bertml import checkpoint as ckpt_io
     from bertml import shards as sh
     from bertml.labels import LabelError, LabelSet, parse_cell
     from bertml.output import OutputDir, output_name
@@ -194,17 +203,17 @@ def score_labelled(score_cfg: ScoreConfig, labels_column: str, delimiter: str | 
     out = OutputDir(score_cfg.output)
     tables = []
     for shard, info in zip(shards, infos):
-        t = pq.read_table(out.path(output_name(shard.key)))
+        t = pq.read_table(out.path(output_name(shard.key)), filesystem=out.fs)
         expected = info.num_rows
         if t.num_rows != expected:  # e.g. a reused `scored` folder that holds another input's rows
             raise sh.InputError(f"{out.path(output_name(shard.key))}: {t.num_rows} scored rows for {expected} input rows "
-                                f"in {shard.uri}; delete the scored folder {score_cfg.output} and re-run")
+                                f"in {shard.uri}; delete the scored folder {redact(score_cfg.output)} and re-run")
         key_col = score_cfg.id_column or ROW_OUT
         keys = [str(k) if score_cfg.id_column else f"{shard.key}:{k}" for k in t.column(key_col).to_pylist()]
         tables.append(t.select(["probs", labels_column, "status"]).append_column("_key", pa.array(keys, pa.string())))
     table = pa.concat_tables(tables, promote_options="permissive") if tables else None
     if table is None or table.num_rows == 0:
-        raise sh.InputError(f"data {score_cfg.input}: no rows to evaluate")
+        raise sh.InputError(f"data {redact(score_cfg.input)}: no rows to evaluate")
     status = {d["values"]: d["counts"] for d in pc.value_counts(table.column("status")).to_pylist()}
     has_probs = table.column("probs").is_valid()
     n_rows, n_empty = table.num_rows, table.num_rows - int(pc.sum(has_probs).as_py() or 0)
@@ -216,7 +225,7 @@ def score_labelled(score_cfg: ScoreConfig, labels_column: str, delimiter: str | 
     try:
         cells = [parse_cell(c, delimiter) for c in table.column(labels_column).to_pylist()]
     except LabelError as e:
-        raise sh.InputError(f"data {score_cfg.input}: column {labels_column!r}: {e}") from None
+        raise sh.InputError(f"data {redact(score_cfg.input)}: column {labels_column!r}: {e}") from None
     if unknown_labels == "ignore":
         for c in cells:
             for n in c:
@@ -231,7 +240,7 @@ def score_labelled(score_cfg: ScoreConfig, labels_column: str, delimiter: str | 
         targets = LabelSet(tuple(names), meta.multi_label).encode(cells, None)
     except LabelError as e:
         hint = " (or set unknown_labels=ignore)" if "not in the label set" in str(e) else ""
-        raise sh.InputError(f"data {score_cfg.input}: column {labels_column!r}: {e}; the checkpoint knows "
+        raise sh.InputError(f"data {redact(score_cfg.input)}: column {labels_column!r}: {e}; the checkpoint knows "
                             f"{names[:10]}{hint}") from None
     table = table.filter(pa.array(keep))
     n = table.num_rows
@@ -241,7 +250,7 @@ def score_labelled(score_cfg: ScoreConfig, labels_column: str, delimiter: str | 
         probs=probs, targets=targets, keys=table.column("_key").to_pylist(), labels=names,
         multi_label=meta.multi_label, rows=n_rows, empty=n_empty, unknown=unknown,
         unknown_rows=int((~keep).sum()), status=status,
-        checkpoint=score_cfg.checkpoint if ckpt_io.is_uri(score_cfg.checkpoint) else os.path.abspath(local),
+        checkpoint=redact(score_cfg.checkpoint) if ckpt_io.is_uri(score_cfg.checkpoint) else os.path.abspath(local),
         fingerprint=ckpt_io.fingerprint(local),
         thresholds=np.asarray(meta.thresholds, dtype=np.float64) if meta.multi_label else None,
         checkpoint_metrics=meta.metrics,
@@ -253,16 +262,17 @@ def score_labelled(score_cfg: ScoreConfig, labels_column: str, delimiter: str | 
 
 def evaluate_checkpoint(cfg: EvalConfig) -> dict:
     """Score `cfg.data`, compute every metric, write the report folder. Returns metrics.json's content."""
-    from bertml import metrics
+    from bertml import cluster, metrics
     from bertml.report import write_report
     from bertml.shards import InputError
 
     t0 = time.perf_counter()
+    cluster.resolve_outputs(cfg, ["report"])
     s = score_labelled(cfg.score_config(), cfg.labels_column, cfg.label_delimiter, cfg.unknown_labels)
     if not len(s.probs):
-        raise InputError(f"data {cfg.data}: all {s.rows} rows are empty (no text); nothing to evaluate")
+        raise InputError(f"data {redact(cfg.data)}: all {s.rows} rows are empty (no text); nothing to evaluate")
     out: dict = {
-        "checkpoint": s.checkpoint, "fingerprint": s.fingerprint, "data": cfg.data,
+        "checkpoint": s.checkpoint, "fingerprint": s.fingerprint, "data": redact(cfg.data),
         "problem_type": "multi_label" if s.multi_label else "single_label", "labels": s.labels,
         "rows": {"total": s.rows, "evaluated": int(len(s.probs)), "excluded_empty": s.empty,
                  "excluded_unknown_label": s.unknown_rows, "status": s.status},
@@ -283,10 +293,35 @@ def evaluate_checkpoint(cfg: EvalConfig) -> dict:
         m = metrics.evaluate(s.probs, s.targets, s.labels, None, False)
         out.update(argmax=_averages(m))
         per_label = {"argmax": m["per_label"]}
-    out["config"] = to_dict(cfg)
+    out["config"] = redact(to_dict(cfg))
     out["seconds"] = round(time.perf_counter() - t0, 1)
-    write_report(cfg.report, out, per_label, s, max_plot_labels=cfg.max_plot_labels)
+    if not ckpt_io.is_uri(cfg.report):
+        write_report(cfg.report, out, per_label, s, max_plot_labels=cfg.max_plot_labels)
+        return out
+    with tempfile.TemporaryDirectory(prefix="bertml-report-") as tmp:  # written here, then uploaded
+        names = write_report(tmp, out, per_label, s, max_plot_labels=cfg.max_plot_labels)
+        upload_report(tmp, names, cfg.report)
     return out
+
+
+def upload_report(local: str, names: list[str], uri: str) -> None:
+    """Put the report files at `uri` (object storage), replacing a previous report's files;
+    `scored/` and anything else under the prefix are left alone. Each object appears only
+    when its upload completes; report.html goes last."""
+    import pyarrow.fs as pafs
+
+    from bertml.report import PLOTS_MULTI, PLOTS_SINGLE
+    from bertml.shards import split_uri
+
+    fs, root, _ = split_uri(uri, "report", glob=False)
+    root = root.rstrip("/")
+    stale = {"metrics.json", "per_label.csv", "report.html", *PLOTS_MULTI, *PLOTS_SINGLE} - set(names)
+    for info in fs.get_file_info([f"{root}/{n}" for n in sorted(stale)]):
+        if info.type == pafs.FileType.File:
+            fs.delete_file(info.path)
+    for name in sorted(names, key=lambda n: n == "report.html"):
+        with open(os.path.join(local, name), "rb") as f, fs.open_output_stream(f"{root}/{name}") as o:
+            o.write(f.read())
 
 
 def spec_text(data) -> str:
@@ -321,16 +356,18 @@ def format_metrics(m: dict) -> str:
 
 def tune_checkpoint(cfg: ThresholdsConfig) -> dict:
     """Tune per-label thresholds on `cfg.data`; write a copy of the checkpoint with them. Returns the record."""
-    from bertml import checkpoint as ckpt_io
-    from bertml import metrics
+    from bertml import cluster, metrics
 
+    cluster.resolve_outputs(cfg, ["output", "scored"])
     meta = ckpt_io.read_meta(ckpt_io.localize(cfg.checkpoint))
     if not meta.multi_label:
-        raise ckpt_io.CheckpointError(f"checkpoint {cfg.checkpoint}: single_label checkpoints predict the argmax; "
-                                      "there are no thresholds to tune")
-    out_abs = os.path.abspath(cfg.output)
-    if os.path.exists(out_abs) and os.listdir(out_abs) and not cfg.overwrite:  # fail before scoring
-        raise ckpt_io.CheckpointError(f"output {cfg.output} already exists and is not empty; "
+        raise ckpt_io.CheckpointError(f"checkpoint {redact(cfg.checkpoint)}: single_label checkpoints predict the "
+                                      "argmax; there are no thresholds to tune")
+    remote = ckpt_io.is_uri(cfg.output)
+    out_abs = cfg.output if remote else os.path.abspath(cfg.output)
+    taken = not ckpt_io.prefix_is_empty(cfg.output) if remote else os.path.exists(out_abs) and os.listdir(out_abs)
+    if taken and not cfg.overwrite:  # fail before scoring
+        raise ckpt_io.CheckpointError(f"output {redact(cfg.output)} already exists and is not empty; "
                                       "choose a new folder or set overwrite=true")
     scored_dir = cfg.scored or tempfile.mkdtemp(prefix="bertml-thresholds-")
     try:
@@ -339,7 +376,7 @@ def tune_checkpoint(cfg: ThresholdsConfig) -> dict:
         if not cfg.scored:
             shutil.rmtree(scored_dir, ignore_errors=True)
     if not len(s.probs):
-        raise ValueError(f"data {cfg.data}: no rows with text; nothing to tune on")
+        raise ValueError(f"data {redact(cfg.data)}: no rows with text; nothing to tune on")
     new, info = metrics.tune_thresholds(s.probs, s.targets, cfg.target_precision)
     old_m = metrics.evaluate(s.probs, s.targets, s.labels, s.thresholds, True)
     new_m = metrics.evaluate(s.probs, s.targets, s.labels, new, True)
@@ -364,7 +401,14 @@ def tune_checkpoint(cfg: ThresholdsConfig) -> dict:
         "macro_f1": {"old": old_m["macro_f1"], "new": new_m["macro_f1"]},
         "per_label": per_label, "tuned_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "config": to_dict(cfg),
     }
-    ckpt_io.copy_with_thresholds(ckpt_io.localize(cfg.checkpoint), cfg.output, new, record, overwrite=cfg.overwrite)
+    record = redact(record)
+    if not remote:
+        ckpt_io.copy_with_thresholds(ckpt_io.localize(cfg.checkpoint), cfg.output, new, record, overwrite=cfg.overwrite)
+        return record
+    with tempfile.TemporaryDirectory(prefix="bertml-thresholds-") as tmp:  # assembled here, then uploaded
+        local = os.path.join(tmp, "checkpoint")
+        ckpt_io.copy_with_thresholds(ckpt_io.localize(cfg.checkpoint), local, new, record)
+        ckpt_io.upload(local, cfg.output)
     return record
 
 
@@ -404,14 +448,16 @@ def _pad(text: str, width: int) -> str:
 def run_evaluate(cfg: EvalConfig) -> int:
     m = evaluate_checkpoint(cfg)
     print(format_metrics(m))
-    print(f"report: {os.path.join(os.path.abspath(cfg.report), 'report.html')}")
+    report = redact(cfg.report) if ckpt_io.is_uri(cfg.report) else os.path.abspath(cfg.report)
+    print(f"report: {join_uri(report, 'report.html')}")
     return 0
 
 
 def run_thresholds(cfg: ThresholdsConfig) -> int:
     record = tune_checkpoint(cfg)
     print(format_thresholds(record))
-    print(f"checkpoint with new thresholds: {os.path.abspath(cfg.output)} (original unchanged: {cfg.checkpoint})")
+    out = redact(cfg.output) if ckpt_io.is_uri(cfg.output) else os.path.abspath(cfg.output)
+    print(f"checkpoint with new thresholds: {out} (original unchanged: {redact(cfg.checkpoint)})")
     return 0
 
 

@@ -45,11 +45,12 @@ class OutputDir:
     """A local or object-store folder that receives committed shard files."""
 
     def __init__(self, uri: str):
+        from bertml.secrets import redact
         from bertml.shards import split_uri
 
         self.fs, self.root, _ = split_uri(uri, "output", glob=False)
         self.local = isinstance(self.fs, pafs.LocalFileSystem)
-        self.uri = uri
+        self.uri = redact(uri)  # for messages: never the URI's credentials
         self.fs.create_dir(self.root, recursive=True)
         self._locked = False
 
@@ -77,9 +78,19 @@ class OutputDir:
             return pq.ParquetFile(f).schema_arrow.metadata or {}
 
     def commit(self, name: str, table: pa.Table) -> None:
-        """Write `table` to `name` atomically: hidden temp file, then rename into place."""
+        """Write `table` to `name` atomically: hidden temp file, then rename into place.
+
+        On an object store an object becomes visible only when its upload completes, so
+        writing the final key directly gives the same guarantee without a copy-and-delete
+        "rename"; an interrupted upload leaves nothing behind."""
         final = self.path(name)
         folder = os.path.dirname(final)
+        if self.fs.type_name in ("s3", "gcs"):  # whole-object stores
+            buf = pa.BufferOutputStream()  # serialised first: a failed write never reaches the store
+            pq.write_table(table, buf, compression="zstd")
+            with self.fs.open_output_stream(final) as f:
+                f.write(buf.getvalue())
+            return
         self.fs.create_dir(folder, recursive=True)
         tmp = os.path.join(folder, f".{os.path.basename(final)}.tmp-{uuid.uuid4().hex[:8]}")
         with self.fs.open_output_stream(tmp) as f:

@@ -32,7 +32,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from bertml import checkpoint as ckpt_io
-from bertml import faults
+from bertml import cluster, faults
 from bertml import shards as sh
 from bertml.config import ScoreConfig, to_dict
 from bertml.output import (
@@ -58,6 +58,7 @@ from bertml.scorer import (
     TOP_K,
     Scorer,
 )
+from bertml.secrets import redact
 from bertml.tokenization import encode_batch, special_tokens
 
 log = logging.getLogger("bertml.score")
@@ -211,6 +212,7 @@ def tokenize_stage(batch: pa.Table, *, checkpoint: str, max_length: int, chunk: 
 def score(cfg: ScoreConfig, _fault: dict | None = None) -> ScoreSummary:
     """Score every row of `cfg.input` into `cfg.output`; see the module docstring."""
     t0 = time.perf_counter()
+    cluster.resolve_outputs(cfg, ["output"])  # `ray job submit --working-dir`: say where relative output goes
     local_ckpt = ckpt_io.localize(cfg.checkpoint)  # s3://... -> cached local copy (workers fetch their own)
     meta = ckpt_io.read_meta(local_ckpt)  # all checks before Ray starts
     max_length = cfg.max_length or meta.max_length
@@ -226,6 +228,7 @@ def score(cfg: ScoreConfig, _fault: dict | None = None) -> ScoreSummary:
         both = [s.uri for s, n in zip(shard_list, names) if n == dup]
         raise sh.InputError(f"input shards {both[0]} and {both[1]} would both write {dup!r} in the output; "
                             "rename one, or list the input as one folder so names keep their subfolders")
+    cluster.check_visible(cluster.score_paths(cfg.checkpoint, shard_list))  # multi-node: every node sees them
     good, bad = _check_shards(sh.inspect_all(shard_list), cfg, keep)
     if bad and cfg.on_bad_shard == "fail":
         raise sh.InputError(
@@ -242,7 +245,7 @@ def score(cfg: ScoreConfig, _fault: dict | None = None) -> ScoreSummary:
             for name in out.clear():
                 log.warning("overwrite: left %s in place (not a bertml output)", out.path(name))
         out.clean_tmp()
-        summary = ScoreSummary(output=cfg.output, shards_skipped=bad)
+        summary = ScoreSummary(output=redact(cfg.output), shards_skipped=bad)
         options = output_options(cfg, max_length)
         done = _resumable(out, good, fingerprint, options) if cfg.resume and not cfg.overwrite else [False] * len(good)
         todo = [info for info, d in zip(good, done) if not d]
@@ -260,7 +263,7 @@ def score(cfg: ScoreConfig, _fault: dict | None = None) -> ScoreSummary:
         summary.seconds = time.perf_counter() - t0
         out.write_json(MANIFEST, {
             "checkpoint": _ckpt_name(cfg.checkpoint), "fingerprint": fingerprint,
-            "labels": meta.labels, "config": to_dict(cfg), "summary": asdict(summary),
+            "labels": meta.labels, "config": redact(to_dict(cfg)), "summary": asdict(summary),
             "shards": committer.records, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         })
         return summary
@@ -288,7 +291,7 @@ def kept_columns(cfg: ScoreConfig) -> list[str]:
 def _ckpt_name(path: str) -> str:
     """The checkpoint as recorded in outputs: its URI, or its absolute local path."""
     if ckpt_io.is_uri(path):
-        return path
+        return redact(path)
     return os.path.abspath(os.path.expanduser(path[len("file://"):] if path.startswith("file://") else path))
 
 
@@ -303,9 +306,9 @@ def _not_in_output(shards: list[sh.Shard], cfg: ScoreConfig) -> list[sh.Shard]:
     fs, root, _ = sh.split_uri(cfg.output, "output", glob=False)
     keep = [s for s in shards if not (s.fs.type_name == fs.type_name and _within(s.path, root))]
     if len(keep) < len(shards):
-        log.info("ignoring %d input file(s) inside the output folder %s", len(shards) - len(keep), cfg.output)
+        log.info("ignoring %d input file(s) inside the output folder %s", len(shards) - len(keep), redact(cfg.output))
     if not keep:
-        raise sh.InputError(f"input {cfg.input}: no files outside the output folder {cfg.output}")
+        raise sh.InputError(f"input {redact(cfg.input)}: no files outside the output folder {redact(cfg.output)}")
     return keep
 
 

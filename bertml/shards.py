@@ -18,6 +18,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from bertml.secrets import redact
+
 
 class InputError(ValueError):
     """An input path or shard cannot be used; the message names the file and what to do."""
@@ -64,12 +66,22 @@ def split_uri(spec: str, what: str, glob: bool = True) -> tuple[pafs.FileSystem,
         try:
             fs, path = pafs.FileSystem.from_uri(literal + query)
         except (pa.ArrowException, ValueError, OSError) as e:
-            raise InputError(f"{what} {spec}: not a usable URI ({str(e).splitlines()[0]}); "
+            raise InputError(f"{what} {redact(spec)}: not a usable URI ({redact(str(e).splitlines()[0])}); "
                              "check the scheme (s3://, gs://, hdfs://...) and the bucket") from None
         rest = unquote("/".join(comps[k:])).rstrip("/")  # decoded like the literal part
         return fs, (path.rstrip("/") + "/" + rest) if rest else path.rstrip("/") or path, spec[:head]
     path = spec[len("file://") :] if spec.startswith("file://") else spec
     return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(path)), ""
+
+
+def join_uri(base: str, *names: str) -> str:
+    """`base` + "/" + names, keeping a URI's `?key=value` options at the end
+    (`s3://b/r?scheme=http` + `scored` -> `s3://b/r/scored?scheme=http`)."""
+    if "://" in base and not base.startswith("file://"):
+        m = _QUERY.search(base)
+        path, query = (base[: m.start()], base[m.start():]) if m else (base, "")
+        return "/".join([path.rstrip("/"), *(n.strip("/") for n in names)]) + query
+    return os.path.join(base, *names)
 
 
 def _glob_regex(pattern: str) -> str:
@@ -115,7 +127,7 @@ def _glob(fs: pafs.FileSystem, pattern: str, what: str, spec: str) -> tuple[str,
     try:
         rx = re.compile(re.escape(root.rstrip("/") + "/") + _glob_regex("/".join(comps[k:])) + r"\Z")
     except re.error as e:
-        raise InputError(f"{what} {spec}: not a valid glob ({e})") from None
+        raise InputError(f"{what} {redact(spec)}: not a valid glob ({e})") from None
     infos = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
     return root, [i for i in infos if i.is_file and rx.match(i.path)]
 
@@ -135,7 +147,7 @@ def resolve(spec: str | list[str], what: str = "input") -> list[Shard]:
         if info.type == pafs.FileType.NotFound and any(c in path for c in _GLOB):
             root, files = _glob(fs, path, what, s)
         elif info.type == pafs.FileType.NotFound:
-            raise InputError(f"{what} {s}: no such file or folder")
+            raise InputError(f"{what} {redact(s)}: no such file or folder")
         elif info.type == pafs.FileType.File:
             root, files = os.path.dirname(path), [info]
         else:
@@ -149,7 +161,7 @@ def resolve(spec: str | list[str], what: str = "input") -> list[Shard]:
             out.append(Shard(uri=prefix + i.path if prefix else i.path, path=i.path, key=os.path.relpath(i.path, root),
                              fs=fs, size=i.size if i.size is not None else -1))
     if not out:
-        raise InputError(f"{what} {spec}: no files found (hidden files starting with '.' or '_' are ignored)")
+        raise InputError(f"{what} {redact(spec)}: no files found (hidden files starting with '.' or '_' are ignored)")
     return out
 
 

@@ -29,6 +29,7 @@ from bertml import faults, metrics
 from bertml.config import TrainConfig, from_dict, to_dict
 from bertml.labels import LabelSet
 from bertml.model import build_model, device_autocast, load_tokenizer, logits_to_probs, loss_fn
+from bertml.secrets import redact
 from bertml.tokenization import tokenize_for_training
 from bertml.train_data import TARGETS, TEXT
 
@@ -336,15 +337,17 @@ def train(cfg: TrainConfig, _fault: dict | None = None) -> TrainResult:
     from ray.train import ScalingConfig as RayScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from bertml import train_data
+    from bertml import cluster, train_data
     from bertml.model import position_limit
     from bertml.runtime import cluster_gpus, init_ray
 
+    cluster.resolve_outputs(cfg, ["run.output", "run.storage_path"])
     _check_model(cfg, position_limit)
     summary, train_infos, val_infos = train_data.summarize(cfg.data, cfg.optim.seed)
     log.info("data: %d train rows, %d validation rows, %d labels %s", summary.n_train, summary.n_val,
              len(summary.labels), list(summary.labels.names)[:20])
     init_ray()
+    cluster.check_visible(cluster.train_paths(cfg, [i.shard for i in [*train_infos, *(val_infos or [])]]))
     use_gpu = cluster_gpus() > 0 if cfg.scaling.use_gpu == "auto" else bool(cfg.scaling.use_gpu)
     ctx = ray.data.DataContext.get_current()
     bars, ctx.enable_progress_bars = ctx.enable_progress_bars, False  # per-epoch bars are noise here
@@ -353,8 +356,8 @@ def train(cfg: TrainConfig, _fault: dict | None = None) -> TrainResult:
     finally:
         ctx.enable_progress_bars = bars
 
-    cpus, threads = _worker_cpus(cfg)
-    storage = cfg.run.storage_path if "://" in cfg.run.storage_path else os.path.abspath(cfg.run.storage_path)
+    cpus, threads = _worker_cpus(cfg, use_gpu)
+    storage, storage_fs = _storage(cfg.run.storage_path)
     name = f"{cfg.run.name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     ingest = DataConfig.default_ingest_options()
     ingest.preserve_order = True  # same data order on every run (deterministic on CPU)
@@ -366,9 +369,10 @@ def train(cfg: TrainConfig, _fault: dict | None = None) -> TrainResult:
             "threads_per_worker": threads,
         },
         scaling_config=RayScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=use_gpu,
-                                        resources_per_worker={"CPU": cpus}),
+                                        resources_per_worker={"CPU": cpus},
+                                        placement_strategy=cfg.scaling.placement_strategy),
         run_config=RayRunConfig(
-            name=name, storage_path=storage,
+            name=name, storage_path=storage, storage_filesystem=storage_fs,
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints,
                                                checkpoint_score_attribute=cfg.run.metric,
                                                checkpoint_score_order=cfg.run.metric_mode),
@@ -379,7 +383,7 @@ def train(cfg: TrainConfig, _fault: dict | None = None) -> TrainResult:
     )
     result = trainer.fit()
     if not result.best_checkpoints:
-        raise RuntimeError(f"training finished without a checkpoint (see {storage}/{name})")
+        raise RuntimeError(f"training finished without a checkpoint (see {redact(cfg.run.storage_path)}/{name})")
     best, best_metrics = max(result.best_checkpoints, key=lambda cm: _rank_key(cm[1], cfg))
     out = _finalize(best, cfg)  # a local folder (a copy, when run.output is on object storage)
     meta = ckpt_io.read_meta(out)
@@ -388,24 +392,62 @@ def train(cfg: TrainConfig, _fault: dict | None = None) -> TrainResult:
     if last_ckpt is not None:  # the latest checkpoint holds the whole history
         with last_ckpt.as_directory() as d, open(os.path.join(d, STATE_JSON), encoding="utf-8") as f:
             history = json.load(f)["history"]
-    log.info("final checkpoint: %s", cfg.run.output)
+    log.info("final checkpoint: %s", redact(cfg.run.output))
     return TrainResult(checkpoint=out, metrics=dict(best_metrics), history=history)
 
 
-def _worker_cpus(cfg: TrainConfig) -> tuple[float, int]:
+def _storage(path: str):
+    """(storage_path, filesystem) for Ray Train: a URI's filesystem is built here, so its
+    ?endpoint_override=... options work and no credentials reach Ray's own records."""
+    from bertml.checkpoint import is_uri
+    from bertml.shards import split_uri
+
+    if not is_uri(path):
+        return os.path.abspath(os.path.expanduser(path)), None
+    fs, root, _ = split_uri(path, "run.storage_path", glob=False)
+    return root, fs
+
+
+def _worker_cpus(cfg: TrainConfig, use_gpu: bool = False) -> tuple[float, int]:
     """(CPUs reserved per worker, torch threads per worker).
 
     Workers that reserve every CPU starve Ray Data's read tasks and the run hangs (see
-    RAY-NOTES), so on a small cluster the reservation shrinks to leave one CPU free.
+    RAY-NOTES). The workers are laid out over the alive nodes as the placement strategy
+    does (SPREAD: round-robin; PACK: fill the biggest node first), and some node must keep
+    a whole CPU free: a null `cpus_per_worker` is lowered to leave one (at most 1 each), an
+    explicit one that leaves none is refused before any work starts.
     """
-    import ray
+    from bertml.cluster import alive_nodes
+    from bertml.config import ConfigError
 
-    total = float(ray.cluster_resources().get("CPU", 1))
+    nodes = sorted((float(n.get("Resources", {}).get("CPU", 0)) for n in alive_nodes()), reverse=True)
+    nodes = [c for c in nodes if c > 0] or [1.0]
     n = cfg.scaling.num_workers
+    per_node = _layout(n, len(nodes), cfg.scaling.placement_strategy)  # workers on each node, biggest first
+    if cfg.scaling.placement_strategy == "STRICT_SPREAD" and n > len(nodes):
+        raise ConfigError(f"scaling.placement_strategy: STRICT_SPREAD needs one node per worker; "
+                          f"{n} workers, {len(nodes)} nodes with CPUs")
+    hosts = [(c, w) for c, w in zip(nodes, per_node) if w]
+    threads = max(1, int(min(c // w for c, w in hosts)))
+    # CPUs per worker that leave a whole CPU free on at least one node.
+    room = max([(c - 1) / w for c, w in hosts] + ([nodes[len(hosts)]] if len(hosts) < len(nodes) else []))
     if cfg.scaling.cpus_per_worker is not None:
-        return cfg.scaling.cpus_per_worker, max(1, int(cfg.scaling.cpus_per_worker))
-    cpus = min(1.0, max(0.1, (total - 1) / n))
-    return round(cpus, 2), max(1, int(total // n))
+        c = cfg.scaling.cpus_per_worker
+        if len(hosts) == len(nodes) and not use_gpu and c > max(room, 0):
+            raise ConfigError(
+                f"scaling.cpus_per_worker={c:g}: {n} worker(s) laid out {cfg.scaling.placement_strategy} over "
+                f"nodes with {', '.join(f'{x:g}' for x in nodes)} CPUs leave no node a free CPU, and Ray Data's "
+                f"read tasks would wait forever; use cpus_per_worker<={max(room, 0.1):.2g} (or null), or add a node")
+        return c, max(1, int(c))
+    cpus = min(1.0, max(0.1, room if len(hosts) == len(nodes) else 1.0))
+    return round(cpus, 2), threads
+
+
+def _layout(n: int, k: int, strategy: str) -> list[int]:
+    """Workers per node (nodes sorted biggest first) as Ray's placement strategy lays them out."""
+    if strategy in ("SPREAD", "STRICT_SPREAD"):
+        return [n // k + (i < n % k) for i in range(k)]
+    return [n] + [0] * (k - 1)  # PACK: one node while it fits (the common case of a small run)
 
 
 def _rank_key(m: dict, cfg: TrainConfig) -> float:

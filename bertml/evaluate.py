@@ -21,7 +21,6 @@ from typing import Literal, Union
 
 import numpy as np
 
-from bertml import checkpoint as ckpt_io
 from bertml.config import ConfigError, ScoreConfig, opt, to_dict
 from bertml.secrets import redact
 from bertml.shards import join_uri
@@ -184,6 +183,7 @@ def score_labelled(score_cfg: ScoreConfig, labels_column: str, delimiter: str | 
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
+    from bertml import checkpoint as ckpt_io
     from bertml import shards as sh
     from bertml.labels import LabelError, LabelSet, parse_cell
     from bertml.output import OutputDir, output_name
@@ -262,6 +262,7 @@ def score_labelled(score_cfg: ScoreConfig, labels_column: str, delimiter: str | 
 
 def evaluate_checkpoint(cfg: EvalConfig) -> dict:
     """Score `cfg.data`, compute every metric, write the report folder. Returns metrics.json's content."""
+    from bertml import checkpoint as ckpt_io
     from bertml import cluster, metrics
     from bertml.report import write_report
     from bertml.shards import InputError
@@ -356,6 +357,7 @@ def format_metrics(m: dict) -> str:
 
 def tune_checkpoint(cfg: ThresholdsConfig) -> dict:
     """Tune per-label thresholds on `cfg.data`; write a copy of the checkpoint with them. Returns the record."""
+    from bertml import checkpoint as ckpt_io
     from bertml import cluster, metrics
 
     cluster.resolve_outputs(cfg, ["output", "scored"])
@@ -446,6 +448,8 @@ def _pad(text: str, width: int) -> str:
 
 
 def run_evaluate(cfg: EvalConfig) -> int:
+    from bertml import checkpoint as ckpt_io
+
     m = evaluate_checkpoint(cfg)
     print(format_metrics(m))
     report = redact(cfg.report) if ckpt_io.is_uri(cfg.report) else os.path.abspath(cfg.report)
@@ -454,6 +458,8 @@ def run_evaluate(cfg: EvalConfig) -> int:
 
 
 def run_thresholds(cfg: ThresholdsConfig) -> int:
+    from bertml import checkpoint as ckpt_io
+
     record = tune_checkpoint(cfg)
     print(format_thresholds(record))
     out = redact(cfg.output) if ckpt_io.is_uri(cfg.output) else os.path.abspath(cfg.output)

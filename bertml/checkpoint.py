@@ -164,7 +164,6 @@ def copy_with_thresholds(src: str, dst: str, thresholds, provenance: dict, overw
     """
     import dataclasses
     import shutil
-    import uuid
 
     meta = read_meta(src)
     if not meta.multi_label:
@@ -174,17 +173,15 @@ def copy_with_thresholds(src: str, dst: str, thresholds, provenance: dict, overw
         raise CheckpointError(f"output {dst} must be a new folder outside the checkpoint {src} (the original is never modified)")
     if os.path.exists(b) and os.listdir(b) and not overwrite:
         raise CheckpointError(f"output {dst} already exists and is not empty; choose a new folder or set overwrite=true")
+    check_destination(dst, "output", [("the checkpoint", src)])
     new = dataclasses.replace(meta, thresholds=[float(t) for t in thresholds],
                               metrics={**meta.metrics, "thresholds": provenance})
     new.validate(dst)
-    os.makedirs(os.path.dirname(b), exist_ok=True)
-    tmp = os.path.join(os.path.dirname(b), f".{os.path.basename(b)}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp = sibling_tmp(b)
     try:
         shutil.copytree(a, tmp)
         write_meta(tmp, new)
-        if os.path.exists(b):
-            shutil.rmtree(b)
-        os.replace(tmp, b)
+        install(tmp, b)
     finally:
         if os.path.exists(tmp):
             shutil.rmtree(tmp, ignore_errors=True)
@@ -255,15 +252,11 @@ def localize(path: str, cache_dir: str | None = None) -> str:
     return local
 
 
-# Files a checkpoint prefix may hold: a prefix holding none of these is not a checkpoint's.
-_CHECKPOINT_MARKERS = (META_FILE, WEIGHTS_FILE, "config.json")
-
-
 def upload(local: str, uri: str) -> None:
     """Copy a finished local checkpoint folder to `uri`, replacing the checkpoint there.
 
-    A prefix that holds files but no checkpoint (none of bertml.json, model.safetensors,
-    config.json) is refused, naming a file. An earlier checkpoint's files are deleted first,
+    A prefix holding anything but a checkpoint's files (`_is_checkpoint_file`, as for local
+    folders) is refused, naming a file. An earlier checkpoint's files are deleted first,
     its bertml.json before anything else, and the new bertml.json is written last: each
     object appears only when its upload completes, so a reader sees no checkpoint, or a
     complete one, never old files beside new ones.
@@ -279,10 +272,12 @@ def upload(local: str, uri: str) -> None:
     except OSError as e:
         raise CheckpointError(f"checkpoint output {redact(uri)}: cannot be listed ({redact(str(e).splitlines()[0])})") from None
     if old:
-        names = {p[len(root) + 1:] for p in old}
-        if not names.intersection(_CHECKPOINT_MARKERS):
-            raise CheckpointError(f"checkpoint output {redact(uri)} holds files that are not a bertml checkpoint "
-                                  f"(e.g. {sorted(names)[0]}); choose an empty prefix")
+        # Without a bertml.json too: an upload interrupted after the old one was deleted.
+        foreign = sorted(n for n in (p[len(root) + 1:] for p in old) if "/" in n or not _is_checkpoint_file(n))
+        if foreign:
+            raise CheckpointError(f"checkpoint output {redact(uri)} holds files that are not a bertml checkpoint's "
+                                  f"(e.g. {foreign[0]}); bertml replaces only its own checkpoints: choose an "
+                                  "empty prefix")
         old.sort(key=lambda p: p != f"{root}/{META_FILE}")
         for p in old:
             fs.delete_file(p)
@@ -308,3 +303,79 @@ def prefix_is_empty(uri: str) -> bool:
     fs, root = _remote(uri, "output")
     sel = pafs.FileSelector(root, recursive=True, allow_not_found=True)
     return not any(i.is_file for i in fs.get_file_info(sel))
+
+
+# ----------------------------------------------------------------------------- destinations
+
+# What a checkpoint folder holds (save_pretrained's files and bertml.json): a folder of only
+# these may be replaced by a new checkpoint; anything else in it is someone else's.
+_CHECKPOINT_FILES = {META_FILE, "config.json", "generation_config.json", "special_tokens_map.json",
+                     "added_tokens.json", "merges.txt", "chat_template.jinja", "chat_template.json"}
+
+
+def _is_checkpoint_file(name: str) -> bool:
+    return (name in _CHECKPOINT_FILES or name.endswith((".safetensors", ".safetensors.index.json", ".model"))
+            or name.startswith(("tokenizer", "vocab")))
+
+
+def check_destination(dest: str, what: str, protected: list[tuple[str, str]] = ()) -> None:
+    """Refuse a local checkpoint destination that bertml may not replace: the working folder,
+    the home folder or an ancestor of either; a folder overlapping one of `protected`
+    ((name, path) pairs: training data, the encoder, run storage); a file; a non-empty folder
+    that holds anything but one checkpoint's files. Paths are compared resolved."""
+    from bertml.output import resolved, within
+
+    real = resolved(dest)
+    for name, folder in (("the working folder", os.getcwd()), ("your home folder", os.path.expanduser("~"))):
+        if within(resolved(folder), real):
+            raise CheckpointError(f"{what} {dest} is or contains {name} ({folder}); bertml replaces that folder "
+                                  "as a whole: choose a folder of its own, e.g. checkpoints/model")
+    for name, path in protected:
+        if path and not is_uri(path):
+            other = resolved(path)
+            if within(real, other) or within(other, real):
+                raise CheckpointError(f"{what} {dest} overlaps {name} {path}; choose a folder outside it")
+    if not os.path.lexists(real):
+        return
+    if not os.path.isdir(real):
+        raise CheckpointError(f"{what} {dest} exists and is not a folder; choose a folder path")
+    entries = sorted(os.listdir(real))
+    if not entries:
+        return
+    foreign = [e for e in entries if not (os.path.isfile(os.path.join(real, e)) and _is_checkpoint_file(e))]
+    if foreign or META_FILE not in entries:
+        first = foreign[0] if foreign else entries[0]
+        raise CheckpointError(f"{what} {dest} is not empty and does not hold a bertml checkpoint (it has {first!r}"
+                              f"{f' and {len(entries) - 1} more' if len(entries) > 1 else ''}); bertml replaces only "
+                              "its own checkpoints: choose a new or empty folder")
+
+
+def install(assembled: str, dest: str) -> None:
+    """Move the complete checkpoint folder `assembled` (a sibling of `dest`) to `dest`,
+    replacing a checkpoint there: `dest` is always either the old or the new whole folder
+    by name (the old one is moved aside, then removed)."""
+    import shutil
+
+    from bertml.output import tmp_name
+
+    old = None
+    if os.path.lexists(dest):
+        old = os.path.join(os.path.dirname(dest), tmp_name(os.path.basename(dest)))
+        os.replace(dest, old)
+    try:
+        os.replace(assembled, dest)
+    except BaseException:
+        if old:
+            os.replace(old, dest)
+        raise
+    if old:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def sibling_tmp(dest: str) -> str:
+    """A hidden temp folder path beside `dest` (same filesystem, so `install` is a rename)."""
+    from bertml.output import tmp_name
+
+    parent = os.path.dirname(os.path.abspath(dest))
+    os.makedirs(parent, exist_ok=True)
+    return os.path.join(parent, tmp_name(os.path.basename(os.path.abspath(dest))))

@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load(cmd.config, args.config, args.overrides)
     except ConfigError as e:
-        print(f"bertml {args.command}: config error: {e}", file=sys.stderr)
+        print(f"bertml {args.command}: config error: {redact(str(e))}", file=sys.stderr)
         return 2
     resolved = json.dumps(redact(to_dict(cfg)), indent=2, ensure_ascii=False)  # never a URI's credentials
     warn_inline(flat_paths(cfg))
@@ -129,20 +129,58 @@ def main(argv: list[str] | None = None) -> int:
         print(resolved)
         return 0
     log.info("bertml %s config:\n%s", args.command, resolved)
+    return _run(args.command, cmd, cfg)
+
+
+def _run(name: str, cmd: Command, cfg) -> int:
+    """Run a command; bertml's own errors, OS errors and signals end in one line and an exit code:
+    2 for a problem to fix, 128 + the signal's number when stopped (143 SIGTERM, 130 SIGINT)."""
+    import os
+    import signal
+
+    from bertml.checkpoint import CheckpointError
+    from bertml.cluster import ClusterPathError
+    from bertml.labels import LabelError
+    from bertml.model import ModelError
+    from bertml.output import OutputError
+    from bertml.runtime import Interrupted, catch_signals
+    from bertml.shards import InputError
+
+    os.environ["BERTML_CATCH_SIGNALS"] = "1"
+    catch_signals()
     try:
         return cmd.run(cfg)
-    except (ValueError, FileNotFoundError) as e:  # our input/config/checkpoint errors: one clear line
-        from bertml.checkpoint import CheckpointError
-        from bertml.labels import LabelError
-        from bertml.model import ModelError
-        from bertml.output import OutputError
-        from bertml.shards import InputError
+    except (Interrupted, KeyboardInterrupt) as e:
+        signum = getattr(e, "signum", signal.SIGINT)
+        print(f"bertml {name}: stopped by {signal.Signals(signum).name}; finished work is kept and nothing "
+              "half-written is visible. Re-run the same command to resume", file=sys.stderr)
+        return 128 + signum
+    except (InputError, CheckpointError, OutputError, ConfigError, LabelError, ModelError, ClusterPathError,
+            FileNotFoundError) as e:
+        print(f"bertml {name}: error: {redact(str(e))}", file=sys.stderr)
+        return 2
+    except OSError as e:  # the machine's side: read-only or full disk, a path that is a file, permissions
+        where = f" {e.filename}:" if getattr(e, "filename", None) else ""
+        reason = f"[Errno {e.errno}] {e.strerror}" if e.errno else redact(str(e).splitlines()[0])
+        print(f"bertml {name}: error:{where} {reason}; fix the cause and re-run (finished work is kept)",
+              file=sys.stderr)
+        return 2
+    finally:
+        _shutdown_ray()
 
-        if isinstance(e, (InputError, CheckpointError, OutputError, ConfigError, LabelError, ModelError,
-                          FileNotFoundError)):
-            print(f"bertml {args.command}: error: {redact(str(e))}", file=sys.stderr)
-            return 2
-        raise
+
+def _shutdown_ray() -> None:
+    """Leave no Ray processes behind: stop an embedded Ray (or disconnect from a cluster)."""
+    import signal
+
+    if "ray" not in sys.modules:
+        return
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second signal must not cut the shutdown short
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
 
 
 def __getattr__(name: str):

@@ -1,20 +1,29 @@
 """The output folder: one Parquet file per input shard, committed atomically, exactly once.
 
     <output>/<input shard's relative path>.parquet   committed results (readers see only these)
-    <output>/.<name>.tmp-<uuid>                        in progress (hidden; removed on the next run)
+    <output>/.<name>.tmp-<8 hex>                       in progress (hidden; removed on the next run)
     <output>/_bertml_manifest.json                     last run: shards, skipped shards, summary
-    <output>/_bertml.lock                              held while a run writes (local folders)
+    <output>/_bertml.lock                              an OS lock on it is held while a run writes (local)
 
 A file is written under a hidden temporary name and renamed into place when complete, so
-a reader (or a re-run after a crash) never sees half a shard. A re-run skips shards that
-are already committed by the same checkpoint; names derive only from input shard names, so
-re-runs are idempotent. Names are checked to stay inside the output folder.
+a reader (or a re-run after a crash) never sees half a shard. On object stores, where an
+object becomes visible only when its upload completes, it is written to its final key
+directly. A re-run skips shards that are already committed by the same checkpoint; names
+derive only from input shard names, so re-runs are idempotent.
+
+The one rule for deleting: bertml deletes or replaces only files it can prove it wrote in
+this output folder: Parquet files carrying its fingerprint, its manifest, and files whose
+*name* matches its temp pattern, all inside the resolved output folder (never through a
+symlink that leads out of it). A file in the way that bertml did not write stops the run.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
+import re
 import socket
 import time
 import uuid
@@ -26,6 +35,8 @@ import pyarrow.parquet as pq
 MANIFEST, LOCK = "_bertml_manifest.json", "_bertml.lock"
 META_LABELS, META_CHECKPOINT, META_FINGERPRINT = b"bertml.labels", b"bertml.checkpoint", b"bertml.fingerprint"
 META_OPTIONS, META_INPUT = b"bertml.options", b"bertml.input"  # scoring options; the input shard's rows and bytes
+NAME_MAX = 255  # bytes in one path component (ext4, xfs, S3 keys allow more; we hold to the common limit)
+_TMP = re.compile(r"\..+\.tmp-[0-9a-f]{8}")  # bertml's temp names (the file name, never the path)
 
 
 class OutputError(ValueError):
@@ -38,7 +49,36 @@ def output_name(key: str) -> str:
     if not parts or any(p == ".." for p in parts) or os.path.isabs(key):
         raise OutputError(f"input shard name {key!r} would write outside the output folder")
     name = "/".join(parts)
-    return name if name.endswith(".parquet") else name + ".parquet"
+    name = name if name.endswith(".parquet") else name + ".parquet"
+    long = next((p for p in name.split("/") if len(p.encode()) > NAME_MAX), None)
+    if long is not None:
+        raise OutputError(f"input shard name {key!r}: its output name {long[:40]!r}... is {len(long.encode())} bytes, "
+                          f"over the filesystem's {NAME_MAX}; rename the input file")
+    return name
+
+
+def tmp_name(name: str) -> str:
+    """A hidden temp name beside `name` (a file name, no folders) that fits NAME_MAX."""
+    suffix = f".tmp-{uuid.uuid4().hex[:8]}"
+    room = NAME_MAX - 1 - len(suffix)
+    base = name.encode()[:room].decode("utf-8", "ignore")
+    return f".{base}{suffix}"
+
+
+def is_tmp_name(name: str) -> bool:
+    """Whether a file *name* is one of bertml's temp names."""
+    return _TMP.fullmatch(name) is not None
+
+
+def resolved(path: str) -> str:
+    """A local path with ~, `.`, `..` and symlinks resolved (what path comparisons must use)."""
+    return os.path.realpath(os.path.expanduser(path))
+
+
+def within(path: str, root: str) -> bool:
+    """`path` is `root` or below it (both resolved or both object-store keys)."""
+    root = root.rstrip("/") or "/"
+    return path == root or path.startswith(root if root.endswith("/") else root + "/")
 
 
 class OutputDir:
@@ -48,28 +88,44 @@ class OutputDir:
         from bertml.secrets import redact
         from bertml.shards import split_uri
 
-        self.fs, self.root, _ = split_uri(uri, "output", glob=False)
+        self.fs, root, _ = split_uri(uri, "output", glob=False)
         self.local = isinstance(self.fs, pafs.LocalFileSystem)
+        self.root = resolved(root) if self.local else root
         self.uri = redact(uri)  # for messages: never the URI's credentials
-        self.fs.create_dir(self.root, recursive=True)
-        self._locked = False
+        self._lock_fd: int | None = None
+
+    def create(self) -> None:
+        """Create the folder (and its parents); one clear error if that cannot be done."""
+        if self.local and os.path.exists(self.root) and not os.path.isdir(self.root):
+            raise OutputError(f"output {self.uri}: {self.root} exists and is not a folder; choose a folder path")
+        try:
+            self.fs.create_dir(self.root, recursive=True)
+        except OSError as e:
+            raise OutputError(f"output {self.uri}: cannot create the folder {self.root} ({_os_reason(e)})") from None
 
     def path(self, name: str) -> str:
         full = os.path.normpath(os.path.join(self.root, name))
-        if os.path.commonpath([full, os.path.normpath(self.root)]) != os.path.normpath(self.root):
+        if not within(full, os.path.normpath(self.root)):
             raise OutputError(f"{name!r} would write outside the output folder {self.uri}")
         return full
+
+    def _inside(self, path: str) -> bool:
+        """A local file really lies in the output folder (no symlink leads it out)."""
+        return not self.local or within(os.path.realpath(path), self.root)
 
     def exists(self, name: str) -> bool:
         return self.fs.get_file_info(self.path(name)).type == pafs.FileType.File
 
+    def _files(self) -> list[pafs.FileInfo]:
+        infos = self.fs.get_file_info(pafs.FileSelector(self.root, recursive=True))
+        return [i for i in infos if i.is_file and self._inside(i.path)]
+
     def committed(self) -> list[str]:
         """Relative names of committed output files (hidden files excluded)."""
-        infos = self.fs.get_file_info(pafs.FileSelector(self.root, recursive=True))
         out = []
-        for i in infos:
+        for i in self._files():
             rel = os.path.relpath(i.path, self.root)
-            if i.is_file and rel.endswith(".parquet") and not any(p.startswith((".", "_")) for p in rel.split(os.sep)):
+            if rel.endswith(".parquet") and not any(p.startswith((".", "_")) for p in rel.split(os.sep)):
                 out.append(rel)
         return sorted(out)
 
@@ -77,34 +133,63 @@ class OutputDir:
         with self.fs.open_input_file(self.path(name)) as f:
             return pq.ParquetFile(f).schema_arrow.metadata or {}
 
-    def commit(self, name: str, table: pa.Table) -> None:
-        """Write `table` to `name` atomically: hidden temp file, then rename into place.
+    def is_ours(self, name: str) -> bool:
+        """Whether the file at `name` is a Parquet file bertml wrote (it carries the fingerprint)."""
+        if not self._inside(self.path(name)):
+            return False
+        try:
+            return META_FINGERPRINT in self.read_meta(name)
+        except Exception:  # noqa: BLE001 - not readable Parquet: not ours
+            return False
 
-        On an object store an object becomes visible only when its upload completes, so
-        writing the final key directly gives the same guarantee without a copy-and-delete
-        "rename"; an interrupted upload leaves nothing behind."""
+    def in_the_way(self, names: list[str]) -> list[str]:
+        """Of the output names a run will write, those taken by a file bertml did not write
+        (or by a folder): the run must stop rather than replace them."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        def blocked(name: str) -> bool:
+            info = self.fs.get_file_info(self.path(name))
+            if info.type == pafs.FileType.NotFound:
+                return False
+            return info.type != pafs.FileType.File or not self.is_ours(name)
+
+        with ThreadPoolExecutor(max_workers=min(16, max(1, len(names)))) as pool:
+            return [n for n, b in zip(names, pool.map(blocked, names)) if b]
+
+    def commit(self, name: str, table: pa.Table) -> None:
+        """Write `table` to `name` atomically: a hidden temp file renamed into place (local),
+        or one upload straight to the final key (object stores: visible only once complete)."""
         final = self.path(name)
         folder = os.path.dirname(final)
-        if self.fs.type_name in ("s3", "gcs"):  # whole-object stores
-            buf = pa.BufferOutputStream()  # serialised first: a failed write never reaches the store
+        try:
+            self.fs.create_dir(folder, recursive=True)
+        except OSError as e:
+            raise OutputError(f"cannot create {folder} ({_os_reason(e)}); fix the cause and re-run") from None
+        if not self.local:  # encoded in memory first: a failed encode uploads nothing
+            buf = pa.BufferOutputStream()
             pq.write_table(table, buf, compression="zstd")
             with self.fs.open_output_stream(final) as f:
                 f.write(buf.getvalue())
             return
-        self.fs.create_dir(folder, recursive=True)
-        tmp = os.path.join(folder, f".{os.path.basename(final)}.tmp-{uuid.uuid4().hex[:8]}")
-        with self.fs.open_output_stream(tmp) as f:
-            pq.write_table(table, f, compression="zstd")
-        if self.local:
-            with open(tmp, "rb+") as fh:  # durable before it becomes visible
-                os.fsync(fh.fileno())
-        self.fs.move(tmp, final)
+        tmp = os.path.join(folder, tmp_name(os.path.basename(final)))
+        try:
+            with open(tmp, "xb") as fh:
+                pq.write_table(table, fh, compression="zstd")
+                fh.flush()
+                os.fsync(fh.fileno())  # durable before it becomes visible
+            os.replace(tmp, final)
+        except BaseException as e:
+            _unlink_quietly(tmp)
+            if isinstance(e, OSError):
+                raise OutputError(f"cannot write {final} ({_os_reason(e)}); shards committed so far are kept: "
+                                  "fix the cause and re-run to resume") from None
+            raise
 
     def clean_tmp(self) -> int:
         """Remove temp files left by an interrupted run (they were never visible)."""
         n = 0
-        for i in self.fs.get_file_info(pafs.FileSelector(self.root, recursive=True)):
-            if i.is_file and os.path.basename(i.path).startswith(".") and ".tmp-" in i.path:
+        for i in self._files():
+            if is_tmp_name(os.path.basename(i.path)):
                 self.fs.delete_file(i.path)
                 n += 1
         return n
@@ -114,15 +199,9 @@ class OutputDir:
         and the manifest. Other files in the folder are left alone; returns their names."""
         from concurrent.futures import ThreadPoolExecutor
 
-        def ours(rel: str) -> bool:
-            try:
-                return META_FINGERPRINT in self.read_meta(rel)
-            except Exception:  # noqa: BLE001 - not readable Parquet: not ours
-                return False
-
         names = self.committed()
         with ThreadPoolExecutor(max_workers=min(16, max(1, len(names)))) as pool:
-            mine = list(pool.map(ours, names))
+            mine = list(pool.map(self.is_ours, names))
         for rel, m in zip(names, mine):
             if m:
                 self.fs.delete_file(self.path(rel))
@@ -132,10 +211,18 @@ class OutputDir:
 
     def write_json(self, name: str, obj: dict) -> None:
         data = json.dumps(obj, indent=2, ensure_ascii=False, default=str).encode("utf-8")
-        tmp = self.path(f".{name}.tmp-{uuid.uuid4().hex[:8]}")
-        with self.fs.open_output_stream(tmp) as f:
-            f.write(data)
-        self.fs.move(tmp, self.path(name))
+        if not self.local:
+            with self.fs.open_output_stream(self.path(name)) as f:
+                f.write(data)
+            return
+        tmp = self.path(tmp_name(name))
+        try:
+            with open(tmp, "xb") as f:
+                f.write(data)
+            os.replace(tmp, self.path(name))
+        except BaseException:
+            _unlink_quietly(tmp)
+            raise
 
     def read_json(self, name: str) -> dict | None:
         if not self.exists(name):
@@ -145,36 +232,59 @@ class OutputDir:
 
     # -- one writer at a time
     def lock(self) -> None:
-        """Refuse to run while another live run writes here (a stale lock is taken over)."""
+        """Refuse to run while another run writes here.
+
+        An exclusive `flock` on `_bertml.lock`: the kernel releases it when its holder
+        exits, however it dies, so a crashed run's lock needs no stale-lock takeover.
+        The file is unlinked on release, so a taker checks, once it holds the lock, that
+        the name still points at the file it locked (else it locked a file just unlinked,
+        and tries again). The holder's host and pid are written in it for the message.
+        """
         if not self.local:
-            return  # object stores have no atomic create; document: one nightly run per output
+            return  # object stores have no atomic create; README: one nightly run per output
         path = self.path(LOCK)
-        me = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()}
-        for _ in range(2):
+        for _ in range(100):
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
-                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                holder = _read_lock(path)
-                if holder and _alive(holder):
-                    raise OutputError(
-                        f"output {self.uri} is being written by another bertml run (pid {holder.get('pid')} on "
-                        f"{holder.get('host')}); wait for it, or use another output folder"
-                    ) from None
-                os.unlink(path)  # stale: its writer is gone
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                os.close(fd)
+                if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                    raise OutputError(f"output {self.uri}: cannot lock {path} ({_os_reason(e)})") from None
+                holder = _read_lock(path) or {}
+                who = f" (pid {holder['pid']} on {holder.get('host')})" if "pid" in holder else ""
+                raise OutputError(f"output {self.uri} is being written by another bertml run{who}; wait for it, "
+                                  "or use another output folder") from None
+            try:
+                same = os.fstat(fd).st_ino == os.stat(path).st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:  # the holder before us unlinked it between our open and our lock
+                os.close(fd)
                 continue
-            with os.fdopen(fd, "w") as f:
-                json.dump(me, f)
-            self._locked = True
+            me = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()}).encode()
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, me, 0)
+            self._lock_fd = fd
             return
         raise OutputError(f"output {self.uri}: could not take the lock {path}")
 
     def unlock(self) -> None:
-        if self._locked:
-            try:
-                os.unlink(self.path(LOCK))
-            except FileNotFoundError:
-                pass
-            self._locked = False
+        if self._lock_fd is not None:
+            _unlink_quietly(self.path(LOCK))  # unlinked while still held: no one can lock a stale name
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _os_reason(e: OSError) -> str:
+    return f"[Errno {e.errno}] {os.strerror(e.errno)}" if e.errno else str(e).splitlines()[0]
 
 
 def _read_lock(path: str) -> dict | None:
@@ -183,15 +293,3 @@ def _read_lock(path: str) -> dict | None:
             return json.load(f)
     except (OSError, ValueError):
         return None
-
-
-def _alive(holder: dict) -> bool:
-    if holder.get("host") != socket.gethostname():
-        return True  # another machine: assume alive
-    try:
-        os.kill(int(holder["pid"]), 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, KeyError, ValueError):
-        return True
-    return True

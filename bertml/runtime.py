@@ -52,11 +52,38 @@ def init_ray(num_cpus: int | None = None):
         log.info("connecting to Ray cluster at %s", address)
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
     else:
-        ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
+        # address="local": always a new embedded Ray, even if `ray start` left /tmp/ray/ray_current_cluster behind
+        ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
                  runtime_env=runtime_env, log_to_driver=True)
         log.info("started local Ray: %s", ray.cluster_resources())
     quiet_ray_loggers()
+    if os.environ.get("BERTML_CATCH_SIGNALS"):  # set by the CLI; a library caller keeps its own handlers
+        catch_signals()
     return ray
+
+
+class Interrupted(BaseException):
+    """SIGTERM or SIGINT arrived: unwind (locks released, temp files removed), then exit."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _interrupt(signum, frame) -> None:
+    raise Interrupted(signum)
+
+
+def catch_signals() -> None:
+    """SIGTERM/SIGINT raise `Interrupted` in the main thread, so every `finally` runs.
+
+    Called again after `ray.init`, which installs its own SIGTERM handler (`sys.exit`)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)
+        signal.signal(signal.SIGINT, _interrupt)
 
 
 def cluster_gpus() -> float:

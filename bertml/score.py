@@ -45,6 +45,8 @@ from bertml.output import (
     OutputDir,
     OutputError,
     output_name,
+    resolved,
+    within,
 )
 from bertml.scorer import (
     CPU_BATCH,
@@ -133,6 +135,10 @@ class ReadUnits:
         info = self.infos[s]
         try:
             t = read_columns(info, [self.text_column], groups)
+            footer = sum(info.row_group_rows[g] for g in groups)
+            if t.num_rows != footer:  # pages and footer disagree: rows would go missing or repeat
+                raise ValueError(f"row group(s) {groups.start}-{groups.stop - 1} hold {t.num_rows} rows, "
+                                 f"its footer says {footer}; rewrite the file")
             text = _as_text(t.column(self.text_column).slice(offset, rows))
         except Exception as e:  # noqa: BLE001 - a bad row group flags its shard, never the run
             return _error_table(s, _error_text(e))
@@ -221,15 +227,17 @@ def score(cfg: ScoreConfig, _fault: dict | None = None) -> ScoreSummary:
     fingerprint = ckpt_io.fingerprint(local_ckpt)
     keep = kept_columns(cfg)
 
-    shard_list = _not_in_output(sh.resolve(cfg.input, "input"), cfg)
-    names = [output_name(s.key) for s in shard_list]
-    if len(set(names)) != len(names):
-        dup = next(n for n in names if names.count(n) > 1)
-        both = [s.uri for s, n in zip(shard_list, names) if n == dup]
-        raise sh.InputError(f"input shards {both[0]} and {both[1]} would both write {dup!r} in the output; "
-                            "rename one, or list the input as one folder so names keep their subfolders")
+    shard_list = sh.resolve(cfg.input, "input")
+    out = OutputDir(cfg.output)
+    check_output_paths(out, cfg, shard_list, local_ckpt)
     cluster.check_visible(cluster.score_paths(cfg.checkpoint, shard_list))  # multi-node: every node sees them
     good, bad = _check_shards(sh.inspect_all(shard_list), cfg, keep)
+    names = [output_name(info.shard.key) for info in good]
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        both = [info.shard.uri for info, n in zip(good, names) if n == dup]
+        raise sh.InputError(f"input shards {both[0]} and {both[1]} would both write {dup!r} in the output; "
+                            "rename one, or list the input as one folder so names keep their subfolders")
     if bad and cfg.on_bad_shard == "fail":
         raise sh.InputError(
             f"{len(bad)} bad input shard(s), nothing written. First: {bad[0]['error']} "
@@ -237,13 +245,14 @@ def score(cfg: ScoreConfig, _fault: dict | None = None) -> ScoreSummary:
         )
     for b in bad:
         log.warning("skipping bad shard %s", b["error"])
+    _refuse_files_in_the_way(out, names)
 
-    out = OutputDir(cfg.output)
+    out.create()
     out.lock()
     try:
+        _refuse_files_in_the_way(out, names)  # again, now that no other run can write here
         if cfg.overwrite:
-            for name in out.clear():
-                log.warning("overwrite: left %s in place (not a bertml output)", out.path(name))
+            out.clear()
         out.clean_tmp()
         summary = ScoreSummary(output=redact(cfg.output), shards_skipped=bad)
         options = output_options(cfg, max_length)
@@ -299,22 +308,46 @@ def _json(obj) -> bytes:
     return json.dumps(obj, ensure_ascii=False).encode("utf-8")
 
 
-def _not_in_output(shards: list[sh.Shard], cfg: ScoreConfig) -> list[sh.Shard]:
-    """Drop input files inside the output folder: an output nested in the input folder
-    must not be read back as input by the next run (compared as filesystem paths, so
-    URI options such as ?region= do not hide it)."""
-    fs, root, _ = sh.split_uri(cfg.output, "output", glob=False)
-    keep = [s for s in shards if not (s.fs.type_name == fs.type_name and _within(s.path, root))]
-    if len(keep) < len(shards):
-        log.info("ignoring %d input file(s) inside the output folder %s", len(shards) - len(keep), redact(cfg.output))
-    if not keep:
-        raise sh.InputError(f"input {redact(cfg.input)}: no files outside the output folder {redact(cfg.output)}")
-    return keep
+def check_output_paths(out: OutputDir, cfg: ScoreConfig, shards: list[sh.Shard], checkpoint: str) -> None:
+    """Refuse, before any work, an output folder that would read back, replace or delete what
+    is not bertml's: one that is or lies inside an input folder (or that a glob input would
+    list), contains an input file, is or contains the working folder or the home folder, or
+    overlaps the checkpoint. Local paths are compared resolved (symlinks, `..`, `~`)."""
+    root = out.root
+    outputs = [root, out.path("x.parquet")]
+    for s in shards:
+        try:
+            outputs.append(out.path(output_name(s.key)))
+        except OutputError:
+            pass  # flagged as a bad shard later
+    for spec in [cfg.input] if isinstance(cfg.input, str) else cfg.input:
+        if any(sh.lists(spec, out.fs, p) for p in outputs):
+            raise OutputError(f"output {redact(cfg.output)} lies inside the input {redact(spec)}: the next run would read its "
+                              "files back as input; choose an output folder outside the input")
+    for s in shards:
+        if s.fs.type_name == out.fs.type_name and within(resolved(s.path) if out.local else s.path, root):
+            raise OutputError(f"output {redact(cfg.output)} contains the input file {s.uri}; choose an output folder "
+                              "that holds no input")
+    if not out.local:
+        return
+    for what, folder in (("the working folder", os.getcwd()), ("your home folder", os.path.expanduser("~"))):
+        if within(resolved(folder), root):
+            raise OutputError(f"output {redact(cfg.output)} is or contains {what} ({folder}); choose a folder of its own, "
+                              "e.g. output=scored/")
+    ck = resolved(checkpoint)
+    if within(root, ck) or within(ck, root):
+        raise OutputError(f"output {redact(cfg.output)} and the checkpoint {redact(cfg.checkpoint)} overlap; choose an output "
+                          "folder outside the checkpoint")
 
 
-def _within(path: str, root: str) -> bool:
-    root = root.rstrip("/")
-    return path == root or path.startswith(root + "/")
+def _refuse_files_in_the_way(out: OutputDir, names: list[str]) -> None:
+    """A file at an output name that bertml did not write stops the run (it is never replaced,
+    with or without overwrite=true)."""
+    blocked = out.in_the_way(names)
+    if blocked:
+        raise OutputError(f"{out.path(blocked[0])} is in the way: it is not a bertml output (no bertml fingerprint), "
+                          f"and a shard's output would replace it ({len(blocked)} such file(s)). Move it away, or "
+                          "choose another output folder; bertml never overwrites files it did not write")
 
 
 def _check_shards(results, cfg: ScoreConfig, keep: list[str]) -> tuple[list[sh.ShardInfo], list[dict]]:
@@ -324,6 +357,10 @@ def _check_shards(results, cfg: ScoreConfig, keep: list[str]) -> tuple[list[sh.S
             bad.append({"shard": str(r).split(": ", 1)[0], "error": str(r)})
             continue
         try:
+            for c in {cfg.text_column, *keep}:
+                if len(r.schema.get_all_field_indices(c)) > 1:
+                    raise sh.InputError(f"{r.shard.uri}: column {c!r} appears {len(r.schema.get_all_field_indices(c))} "
+                                        "times in its schema; rewrite the file with distinct column names")
             if r.num_rows or cfg.text_column not in r.schema.names:
                 # No rows, no values to misread: an empty shard whose writer typed its columns
                 # as null (pandas object columns do) still gets its empty output file.
@@ -332,7 +369,8 @@ def _check_shards(results, cfg: ScoreConfig, keep: list[str]) -> tuple[list[sh.S
                 if c not in r.schema.names:
                     raise sh.InputError(f"{r.shard.uri}: no column {c!r} (columns: {', '.join(r.schema.names)}); "
                                         "fix id_column/passthrough in the config")
-        except sh.InputError as e:
+            output_name(r.shard.key)
+        except (sh.InputError, OutputError) as e:
             bad.append({"shard": r.shard.uri, "error": str(e)})
             continue
         good.append(r)

@@ -116,20 +116,44 @@ def _glob_regex(pattern: str) -> str:
     return "".join(out)
 
 
-def _glob(fs: pafs.FileSystem, pattern: str, what: str, spec: str) -> tuple[str, list[pafs.FileInfo]]:
-    """(root, files) for a glob: the root is its longest leading run of folders that exist
-    as named (even with [ ] in a name); the rest is matched as a pattern below it."""
+def _glob_pattern(fs: pafs.FileSystem, pattern: str, what: str, spec: str) -> tuple[str, re.Pattern]:
+    """(root, regex of full paths) for a glob: the root is its longest leading run of folders
+    that exist as named (even with [ ] in a name); the rest is matched as a pattern below it."""
     comps = pattern.split("/")
     k = next(i for i, c in enumerate(comps) if any(ch in c for ch in _GLOB))
     while k < len(comps) - 1 and fs.get_file_info("/".join(comps[: k + 1])).type == pafs.FileType.Directory:
         k += 1
     root = "/".join(comps[:k]) or "/"
     try:
-        rx = re.compile(re.escape(root.rstrip("/") + "/") + _glob_regex("/".join(comps[k:])) + r"\Z")
+        return root, re.compile(re.escape(root.rstrip("/") + "/") + _glob_regex("/".join(comps[k:])) + r"\Z")
     except re.error as e:
         raise InputError(f"{what} {redact(spec)}: not a valid glob ({e})") from None
+
+
+def _glob(fs: pafs.FileSystem, pattern: str, what: str, spec: str) -> tuple[str, list[pafs.FileInfo]]:
+    """(root, files) for a glob (see `_glob_pattern`)."""
+    root, rx = _glob_pattern(fs, pattern, what, spec)
     infos = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
     return root, [i for i in infos if i.is_file and rx.match(i.path)]
+
+
+def lists(spec: str, fs: pafs.FileSystem, path: str) -> bool:
+    """Whether input `spec` names `path` on `fs`, now or once a file is written there: `path`
+    is the spec's file, lies in its folder, or matches its glob. Local paths compare resolved
+    (symlinks, `..`), so a folder reached through a link is the folder it leads to."""
+    sfs, p, _ = split_uri(spec, "input")
+    if sfs.type_name != fs.type_name:
+        return False
+    real = os.path.realpath if isinstance(sfs, pafs.LocalFileSystem) else (lambda x: x)
+    kind = sfs.get_file_info(p).type
+    if kind == pafs.FileType.NotFound and any(c in p for c in _GLOB):
+        root, _ = _glob_pattern(sfs, p, "input", spec)
+        _, rx = _glob_pattern(sfs, real(root) + p[len(root):], "input", spec)
+        return rx.match(path) is not None
+    p = real(p).rstrip("/") or "/"
+    if kind == pafs.FileType.File:
+        return path == p
+    return path == p or path.startswith(p.rstrip("/") + "/")  # a folder (or a prefix not yet listed)
 
 
 def resolve(spec: str | list[str], what: str = "input") -> list[Shard]:
@@ -170,10 +194,14 @@ def inspect(shard: Shard) -> ShardInfo:
     try:
         with shard.fs.open_input_file(shard.path) as f:
             meta = pq.ParquetFile(f).metadata
-            return ShardInfo(shard, meta.num_rows, meta.schema.to_arrow_schema(),
-                             tuple(meta.row_group(g).num_rows for g in range(meta.num_row_groups)))
+            groups = tuple(meta.row_group(g).num_rows for g in range(meta.num_row_groups))
+            schema = meta.schema.to_arrow_schema()
     except (pa.ArrowInvalid, OSError, pa.ArrowException) as e:
         raise InputError(f"{shard.uri}: not a readable Parquet file ({str(e).splitlines()[0]})") from None
+    if sum(groups) != meta.num_rows or any(n < 0 for n in groups):
+        raise InputError(f"{shard.uri}: its footer says {meta.num_rows} rows but its row groups hold {sum(groups)}; "
+                         "the file is damaged, rewrite it")
+    return ShardInfo(shard, meta.num_rows, schema, groups)
 
 
 def inspect_all(shards: list[Shard], threads: int = 16) -> list[ShardInfo | InputError]:

@@ -343,6 +343,7 @@ def train(cfg: TrainConfig, _fault: dict | None = None) -> TrainResult:
 
     cluster.resolve_outputs(cfg, ["run.output", "run.storage_path"])
     _check_model(cfg, position_limit)
+    check_output(cfg)
     summary, train_infos, val_infos = train_data.summarize(cfg.data, cfg.optim.seed)
     log.info("data: %d train rows, %d validation rows, %d labels %s", summary.n_train, summary.n_val,
              len(summary.labels), list(summary.labels.names)[:20])
@@ -385,14 +386,14 @@ def train(cfg: TrainConfig, _fault: dict | None = None) -> TrainResult:
     if not result.best_checkpoints:
         raise RuntimeError(f"training finished without a checkpoint (see {redact(cfg.run.storage_path)}/{name})")
     best, best_metrics = max(result.best_checkpoints, key=lambda cm: _rank_key(cm[1], cfg))
-    out = _finalize(best, cfg)  # a local folder (a copy, when run.output is on object storage)
-    meta = ckpt_io.read_meta(out)
-    history = meta.metrics.get("history", [])
+    with best.as_directory() as d:
+        history = ckpt_io.read_meta(d).metrics.get("history", [])
+    out = _finalize(best, cfg)  # the local folder, or the object-store URI, it was written to
     last_ckpt = result.checkpoint
     if last_ckpt is not None:  # the latest checkpoint holds the whole history
         with last_ckpt.as_directory() as d, open(os.path.join(d, STATE_JSON), encoding="utf-8") as f:
             history = json.load(f)["history"]
-    log.info("final checkpoint: %s", redact(cfg.run.output))
+    log.info("final checkpoint: %s", redact(out))
     return TrainResult(checkpoint=out, metrics=dict(best_metrics), history=history)
 
 
@@ -472,23 +473,45 @@ def _check_model(cfg: TrainConfig, position_limit) -> None:
         raise CheckpointError(f"model.max_length {cfg.model.max_length} exceeds {cfg.model.name}'s limit of {limit} tokens")
 
 
+def check_output(cfg: TrainConfig) -> None:
+    """Refuse, before any work, a `run.output` bertml may not replace (see
+    `checkpoint.check_destination`): the working folder or an ancestor, a folder with files
+    that are not one checkpoint's, or one overlapping the data, the encoder or run storage."""
+    if ckpt_io.is_uri(cfg.run.output):
+        return
+    data = [cfg.data.train] if isinstance(cfg.data.train, str) else list(cfg.data.train)
+    val = [] if cfg.data.validation is None else [cfg.data.validation] if isinstance(cfg.data.validation, str) \
+        else list(cfg.data.validation)
+    protected = [("the training data", p) for p in data] + [("the validation data", p) for p in val] + [
+        ("the encoder", cfg.model.name), ("run.storage_path", cfg.run.storage_path),
+        ("run.resume_from", cfg.run.resume_from or "")]
+    ckpt_io.check_destination(cfg.run.output, "run.output", protected)
+
+
 def _finalize(best, cfg: TrainConfig) -> str:
-    """Copy the best checkpoint to run.output (local folder or object storage), minus optimizer state."""
+    """Write the best checkpoint, minus optimizer state, to run.output; returns where it went.
+
+    Local: assembled in a hidden folder beside run.output, then renamed into place (replacing
+    a previous checkpoint there). Object storage: assembled in a local temp folder, uploaded,
+    and the temp folder removed."""
     remote = ckpt_io.is_uri(cfg.run.output)
-    out = tempfile.mkdtemp(prefix="bertml-final-") if remote else cfg.run.output
-    tmp = out.rstrip("/") + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    with best.as_directory() as d:
-        shutil.copytree(d, tmp, ignore=shutil.ignore_patterns(STATE_TENSORS, STATE_JSON, ".*"))
-    meta = ckpt_io.read_meta(tmp)
-    meta.config = to_dict(cfg)
-    ckpt_io.write_meta(tmp, meta)
-    if os.path.exists(out):
-        shutil.rmtree(out)
-    os.replace(tmp, out)
-    if remote:
-        ckpt_io.upload(out, cfg.run.output)
-    return out
+    if not remote:
+        check_output(cfg)  # again: the folder may have changed during training
+    dest = os.path.abspath(os.path.expanduser(cfg.run.output)) if not remote else cfg.run.output
+    tmp = os.path.join(tempfile.mkdtemp(prefix="bertml-final-"), "model") if remote else ckpt_io.sibling_tmp(dest)
+    try:
+        with best.as_directory() as d:
+            shutil.copytree(d, tmp, ignore=shutil.ignore_patterns(STATE_TENSORS, STATE_JSON, ".*"))
+        meta = ckpt_io.read_meta(tmp)
+        meta.config = to_dict(cfg)
+        ckpt_io.write_meta(tmp, meta)
+        if remote:
+            ckpt_io.upload(tmp, dest)
+        else:
+            ckpt_io.install(tmp, dest)
+    finally:
+        shutil.rmtree(os.path.dirname(tmp) if remote else tmp, ignore_errors=True)
+    return dest
 
 
 def format_summary(m: dict, multi: bool) -> str:

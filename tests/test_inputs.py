@@ -9,7 +9,7 @@ import pytest
 from bertml import shards as sh
 from bertml.config import ScoreConfig
 from bertml.output import OutputDir
-from bertml.score import _hash_ids, _not_in_output, score
+from bertml.score import _hash_ids, score
 from bertml.shards import InputError, resolve
 
 
@@ -76,17 +76,19 @@ def test_uris_with_globs_spaces_and_options_parse_or_fail_clearly():
 
 
 def test_output_inside_the_input_is_recognised_through_uri_options():
-    fs, path, _ = sh.split_uri("mock:///bucket/data/out/a.parquet", "input")
-    inside = sh.Shard(uri="mock:///" + path, path=path, key="out/a.parquet", fs=fs)
-    fs, path, _ = sh.split_uri("mock:///bucket/data/b.parquet", "input")
-    outside = sh.Shard(uri="mock:///" + path, path=path, key="b.parquet", fs=fs)
-    cfg = ScoreConfig(checkpoint="c", input="mock:///bucket/data", output="mock:///bucket/data/out?opt=1")
-    assert _not_in_output([inside, outside], cfg) == [outside]
+    """URI options (?region=...) do not hide that an output lies inside the input."""
+    fs, _, _ = sh.split_uri("mock:///bucket/data/out?opt=1", "output", glob=False)
+    assert sh.lists("mock:///bucket/data", fs, "bucket/data/out")
+    assert sh.lists("mock:///bucket/data?opt=1", fs, "bucket/data/out/a.parquet")
+    assert not sh.lists("mock:///bucket/data", fs, "bucket/data-2/out")
+    assert sh.lists("mock:///bucket/data/**/*.parquet", fs, "bucket/data/out/a.parquet")
+    assert not sh.lists("mock:///bucket/data/*.parquet", fs, "bucket/data/out/a.parquet")
 
 
 def test_home_relative_output_is_expanded(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
     out = OutputDir("~/scores")
+    out.create()
     assert out.root == str(tmp_path / "scores") and os.path.isdir(tmp_path / "scores")
     assert not os.path.exists("~")
 

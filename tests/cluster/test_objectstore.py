@@ -236,7 +236,8 @@ def _scan(secrets: list[str], bucket, folders: list[str], texts: list[str]) -> l
     return hits
 
 
-def test_no_secret_is_written_or_printed(ray_local, bucket, multi_ckpt, tmp_path, capsys, caplog, monkeypatch):
+def test_no_secret_is_written_or_printed(ray_local, bucket, multi_ckpt, tmp_path, capsys, caplog, monkeypatch,
+                                         request):
     """Credentials inside URIs (user:secret@) and in the environment appear in no byte bertml
     writes or prints: scored objects and their Parquet metadata, the manifest, the report
     folder (metrics.json, report.html), the re-tuned checkpoint, stdout/stderr and every
@@ -244,6 +245,7 @@ def test_no_secret_is_written_or_printed(ray_local, bucket, multi_ckpt, tmp_path
     import logging
 
     from bertml.cli import main
+    from bertml.runtime import init_ray
 
     key, secret = "AKIDINLINEEXAMPLE", "SECRETINLINE-bertml-77e2"
     env_secret = os.environ["AWS_SECRET_ACCESS_KEY"]
@@ -256,6 +258,7 @@ def test_no_secret_is_written_or_printed(ray_local, bucket, multi_ckpt, tmp_path
         return f"s3://{key}:{secret}@{bucket.name}/{k}" + bucket.uri("")[len(f"s3://{bucket.name}/"):]
 
     report, retuned = tmp_path / "report-local", tmp_path / "retuned"
+    request.addfinalizer(lambda: init_ray(num_cpus=2))  # the CLI stops its Ray; the session's comes back
     assert main(["score", f"checkpoint={uri('models/multi')}", f"input={uri('in/')}", f"output={uri('scored')}",
                  "batch_size=16"]) == 0
     assert main(["evaluate", f"checkpoint={uri('models/multi')}", f"data={uri('in/')}", f"report={uri('report')}",
@@ -273,3 +276,39 @@ def test_no_secret_is_written_or_printed(ray_local, bucket, multi_ckpt, tmp_path
     assert {"scored/part-000.parquet", "report/report.html", "report/scored/part-001.parquet"} <= set(bucket.keys())
     assert _scan([secret, env_secret], bucket, [str(report), str(retuned), str(tmp_path / "cache")],
                  [out.out, out.err, logs]) == []
+
+
+@pytest.mark.slow
+def test_train_from_s3_with_storage_and_output_on_s3_then_resume_from_s3(ray_local, bucket, tiny_encoder, tmp_path,
+                                                                         monkeypatch):
+    """data.train, run.storage_path and run.output on S3; the printed checkpoint is the S3
+    destination and no local copy is left in $TMPDIR; run.resume_from on S3 continues from it."""
+    import tempfile
+
+    from bertml.config import TrainConfig, load
+    from bertml.train import train
+
+    monkeypatch.setenv("BERTML_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    os.makedirs(tmp_path / "tmp")
+    put_corpus(bucket, "train", n=2, rows=120)
+
+    def cfg(output: str, *extra: str) -> TrainConfig:
+        return load(TrainConfig, None, [
+            f"data.train={bucket.uri('train/')}", f"model.name={tiny_encoder}", "model.max_length=32",
+            "optim.epochs=1", "optim.batch_size=16", "scaling.num_workers=1",
+            f"run.storage_path={bucket.uri('runs')}", f"run.output={bucket.uri(output)}", *extra])
+
+    first = train(cfg("model"))
+    assert first.checkpoint == bucket.uri("model")
+    keys = set(bucket.keys("model/"))
+    assert {"model/bertml.json", "model/model.safetensors", "model/config.json", "model/tokenizer.json"} <= keys
+    assert not any("train_state" in k for k in keys)
+    assert any(k.startswith("runs/") and k.endswith("train_state.json") for k in bucket.keys("runs/"))
+    assert os.listdir(tmp_path / "tmp") == []  # the final checkpoint was not left in $TMPDIR
+
+    second = train(cfg("model2", f"run.resume_from={bucket.uri('model')}", "optim.lr=1e-4"))
+    assert second.checkpoint == bucket.uri("model2")
+    meta = json.loads(bucket.get("model2/bertml.json"))
+    assert meta["config"]["run"]["resume_from"] == bucket.uri("model")
+    assert hidden(bucket, "") == []

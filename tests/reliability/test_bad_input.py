@@ -246,17 +246,16 @@ def test_bad_rows_get_a_defined_status_and_nothing_crashes(ray_local, multi_ckpt
     assert summary.status == counts
 
 
-def test_output_nested_in_input_folder_is_not_read_back_as_input(multi_ckpt, tmp_path, monkeypatch):
-    """input=data/, output=data/scored/: the next (nightly) run must not list data/scored/*
-    as input shards (they have no text column, so it would fail or re-score outputs)."""
+def test_output_nested_in_input_folder_is_refused_before_any_work(multi_ckpt, tmp_path, monkeypatch):
+    """input=data/, output=data/scored/: the next (nightly) run would list data/scored/* as
+    input shards, so the run is refused before any work, naming both paths."""
     import bertml.runtime
+    from bertml.output import OutputError
 
     monkeypatch.setattr(bertml.runtime, "init_ray", lambda *a, **k: pytest.fail("Ray was started"))
     folder = tmp_path / "data"
     folder.mkdir()
-    pq.write_table(_table("zero", 0), str(folder / "part.parquet"))  # empty: scored without Ray
-    cfg = score_cfg(multi_ckpt, str(folder), str(folder / "scored"))
-    first, second = score(cfg), score(cfg)
-    assert (first.shards_scored, second.shards_resumed, second.shards_scored) == (1, 1, 0)
-    assert not second.shards_skipped
-    assert committed_files(str(folder / "scored")) == ["part.parquet"]
+    pq.write_table(_table("zero", 0), str(folder / "part.parquet"))
+    with pytest.raises(OutputError, match=f"output {folder / 'scored'} lies inside the input {folder}"):
+        score(score_cfg(multi_ckpt, str(folder), str(folder / "scored")))
+    assert sorted(os.listdir(folder)) == ["part.parquet"]

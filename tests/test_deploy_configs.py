@@ -136,6 +136,7 @@ def test_project_is_mounted_and_installed(cluster):
     assert "~/bertml" in cluster["file_mounts"]
     setup = cluster["setup_commands"]
     assert any(re.search(r"pip install .*-e ~/bertml", c) for c in setup)
+    assert any("bertml\"[cluster]\"" in c for c in setup)  # ray[default] + boto3 on every node
     assert any("ray[" in c and "2.60.0" in c for c in setup)
     assert ".venv" in cluster.get("rsync_exclude", [])
 

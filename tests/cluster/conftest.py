@@ -59,8 +59,8 @@ def two_nodes():
     # where any later `ray.init()` on this machine (other test runs too) would find it.
     temp = tempfile.mkdtemp(prefix="bertml-rc-", dir="/tmp")  # short: Ray puts unix sockets below it
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False,
-                                                            "_temp_dir": temp})
-    cluster.worker = cluster.add_node(num_cpus=2, _temp_dir=temp)
+                                                            "temp_dir": temp})
+    cluster.worker = cluster.add_node(num_cpus=2, temp_dir=temp)
     cluster.wait_for_nodes()
     cluster.temp_dir = temp
     ray.init(address=cluster.address, runtime_env={"worker_process_setup_hook": "bertml.runtime.quiet_ray_loggers"})

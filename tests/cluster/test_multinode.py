@@ -128,7 +128,7 @@ def test_worker_cpus_that_leave_no_cpu_for_reading_are_refused_at_once(two_nodes
 
     data = write_parquet(make_rows(40, seed=7), str(tmp_path / "train.parquet"))
     cfg = load(TrainConfig, None, [
-        f"data.train={data}", f"model.name={tiny_encoder}", "scaling.num_workers=2",
+        f"data.train={data}", f"model.name={tiny_encoder}", "model.max_length=32", "scaling.num_workers=2",
         "scaling.placement_strategy=SPREAD", "scaling.cpus_per_worker=2",
         f"run.storage_path={tmp_path}/runs", f"run.output={tmp_path}/model"])
     t0 = time.perf_counter()
@@ -197,37 +197,50 @@ def test_node_local_paths_fail_clearly_before_any_work(blind_node, multi_ckpt, t
 
     data = write_parquet(make_rows(40, seed=7), str(tmp_path / "train.parquet"))
     with pytest.raises(ClusterPathError, match=rf"run.storage_path {hidden}/runs is not visible on Ray node {blind[:12]}"):
-        train(load(TrainConfig, None, [f"data.train={data}", f"model.name={tiny_encoder}",
+        train(load(TrainConfig, None, [f"data.train={data}", f"model.name={tiny_encoder}", "model.max_length=32",
                                        f"run.storage_path={hidden}/runs", f"run.output={tmp_path}/model"]))
     assert not os.path.exists(tmp_path / "model")
     assert [p for p in os.listdir(hidden / "runs") if p.startswith(".bertml-visible-")] == []
 
 
+_JOB = """
+import json, logging, os, sys
+import ray
+
+ray.init(address=sys.argv[1], runtime_env={"working_dir": sys.argv[2]})
+
+
+@ray.remote(num_cpus=0)
+def inside_job():
+    from bertml import cluster
+    from bertml.config import ScoreConfig
+
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logging.getLogger("bertml").addHandler(handler)
+    cfg = ScoreConfig(checkpoint="/abs/model", input="in/", output="scored")
+    keys = cluster.resolve_outputs(cfg, ["output"])
+    return [os.getcwd(), cluster.job_package_dir(), keys, cfg.output, [r.getMessage() for r in records]]
+
+
+print(json.dumps(ray.get(inside_job.remote())))
+"""
+
+
 def test_relative_outputs_in_a_jobs_package_folder_are_resolved_and_warned(two_nodes, tmp_path):
-    """What `ray job submit --working-dir .` does to a job: it runs in Ray's package folder.
-    Run in a real one (a task with that runtime env), a relative output becomes absolute and
-    a warning names where the files go."""
-    import ray
+    """What `ray job submit --working-dir .` does to a job: its code runs in Ray's package
+    folder. In a real one (a job with that runtime env on this cluster), a relative output
+    becomes absolute and a warning names where the files go."""
+    import json
 
     (tmp_path / "job").mkdir()
     (tmp_path / "job" / "jobfile.txt").write_text("x")
-
-    @ray.remote(num_cpus=0, runtime_env={"working_dir": str(tmp_path / "job")})
-    def inside_job():
-        import logging
-
-        from bertml import cluster
-        from bertml.config import ScoreConfig
-
-        records = []
-        handler = logging.Handler()
-        handler.emit = records.append
-        logging.getLogger("bertml").addHandler(handler)
-        cfg = ScoreConfig(checkpoint="/abs/model", input="in/", output="scored")
-        keys = cluster.resolve_outputs(cfg, ["output"])
-        return os.getcwd(), cluster.job_package_dir(), keys, cfg.output, [r.getMessage() for r in records]
-
-    cwd, pkg, keys, output, logs = ray.get(inside_job.remote())
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    done = subprocess.run([sys.executable, "-c", _JOB, two_nodes.address, str(tmp_path / "job")], env=env,
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    cwd, pkg, keys, output, logs = json.loads(done.stdout.strip().splitlines()[-1])
     assert pkg and cwd.startswith(pkg) and "_ray_pkg_" in pkg
     assert keys == ["output"] and output == os.path.join(cwd, "scored")
     assert any("output=scored is a relative path" in m and output in m and "s3://" in m for m in logs), logs

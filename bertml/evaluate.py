@@ -254,10 +254,11 @@ def score_labelled(score_cfg: ScoreConfig, labels_column: str, delimiter: str | 
 def evaluate_checkpoint(cfg: EvalConfig) -> dict:
     """Score `cfg.data`, compute every metric, write the report folder. Returns metrics.json's content."""
     from bertml import metrics
-    from bertml.report import write_report
+    from bertml.report import check_report_folder, write_report
     from bertml.shards import InputError
 
     t0 = time.perf_counter()
+    check_report_folder(cfg.report)
     s = score_labelled(cfg.score_config(), cfg.labels_column, cfg.label_delimiter, cfg.unknown_labels)
     if not len(s.probs):
         raise InputError(f"data {cfg.data}: all {s.rows} rows are empty (no text); nothing to evaluate")

@@ -152,6 +152,21 @@ def test_cleanup_and_overwrite_never_follow_a_symlink_out_of_the_output(multi_ck
     assert _snapshot(tmp_path / "elsewhere") == before
 
 
+def test_evaluate_never_replaces_a_users_files_in_the_report_folder(multi_ckpt, tmp_path, no_ray, monkeypatch):
+    from bertml.evaluate import EvalConfig, evaluate_checkpoint
+
+    _zero_rows(tmp_path / "in" / "a.parquet")
+    report = tmp_path / "report"
+    report.mkdir()
+    (report / "metrics.json").write_text('{"my": "numbers"}')
+    with pytest.raises(OutputError, match="holds 'metrics.json', which is not from a bertml report"):
+        evaluate_checkpoint(EvalConfig(checkpoint=multi_ckpt, data=str(tmp_path / "in"), report=str(report)))
+    assert (report / "metrics.json").read_text() == '{"my": "numbers"}' and os.listdir(report) == ["metrics.json"]
+    monkeypatch.chdir(report)
+    with pytest.raises(OutputError, match="is or contains the working folder"):
+        evaluate_checkpoint(EvalConfig(checkpoint=multi_ckpt, data=str(tmp_path / "in"), report="."))
+
+
 # ----------------------------------------------------------------------------- training outputs
 
 

@@ -141,19 +141,28 @@ class OutputDir:
         except Exception:  # noqa: BLE001 - not readable Parquet: not ours
             return False
 
-    def in_the_way(self, names: list[str]) -> list[str]:
-        """Of the output names a run will write, those taken by a file bertml did not write
-        (or by a folder): the run must stop rather than replace them."""
+    def existing(self, names: list[str]) -> dict[str, dict[bytes, bytes] | None]:
+        """Of the output names a run will write, those already taken, from one listing of the
+        folder: name -> the Parquet schema metadata of a bertml output there, or None for
+        anything bertml did not write (no fingerprint, unreadable, a folder, a link out)."""
         from concurrent.futures import ThreadPoolExecutor
 
-        def blocked(name: str) -> bool:
-            info = self.fs.get_file_info(self.path(name))
-            if info.type == pafs.FileType.NotFound:
-                return False
-            return info.type != pafs.FileType.File or not self.is_ours(name)
+        infos = self.fs.get_file_info(pafs.FileSelector(self.root, recursive=True, allow_not_found=True))
+        listed = {os.path.relpath(i.path, self.root): i for i in infos}
+        taken = [n for n in dict.fromkeys(names) if os.path.normpath(n) in listed]
 
-        with ThreadPoolExecutor(max_workers=min(16, max(1, len(names)))) as pool:
-            return [n for n, b in zip(names, pool.map(blocked, names)) if b]
+        def meta(name: str) -> dict[bytes, bytes] | None:
+            info = listed[os.path.normpath(name)]
+            if not info.is_file or not self._inside(info.path):
+                return None
+            try:
+                m = self.read_meta(name)
+            except Exception:  # noqa: BLE001 - not readable Parquet: not ours
+                return None
+            return m if META_FINGERPRINT in m else None
+
+        with ThreadPoolExecutor(max_workers=min(16, max(1, len(taken)))) as pool:
+            return dict(zip(taken, pool.map(meta, taken)))
 
     def commit(self, name: str, table: pa.Table) -> None:
         """Write `table` to `name` atomically: a hidden temp file renamed into place (local),

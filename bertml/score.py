@@ -242,18 +242,19 @@ def score(cfg: ScoreConfig, _fault: dict | None = None) -> ScoreSummary:
         )
     for b in bad:
         log.warning("skipping bad shard %s", b["error"])
-    _refuse_files_in_the_way(out, names)
 
     out.create()
     out.lock()
     try:
-        _refuse_files_in_the_way(out, names)  # again, now that no other run can write here
+        found = out.existing(names)  # under the lock: no other run writes here now
+        _refuse_files_in_the_way(out, [n for n, m in found.items() if m is None])
         if cfg.overwrite:
             out.clear()
         out.clean_tmp()
         summary = ScoreSummary(output=cfg.output, shards_skipped=bad)
         options = output_options(cfg, max_length)
-        done = _resumable(out, good, fingerprint, options) if cfg.resume and not cfg.overwrite else [False] * len(good)
+        done = _resumable(out, good, found, fingerprint, options) if cfg.resume and not cfg.overwrite \
+            else [False] * len(good)
         todo = [info for info, d in zip(good, done) if not d]
         summary.shards_resumed = len(good) - len(todo)
         schema_meta = {META_LABELS: _json(meta.labels), META_CHECKPOINT: _ckpt_name(cfg.checkpoint).encode(),
@@ -337,12 +338,11 @@ def check_output_paths(out: OutputDir, cfg: ScoreConfig, shards: list[sh.Shard],
                           "folder outside the checkpoint")
 
 
-def _refuse_files_in_the_way(out: OutputDir, names: list[str]) -> None:
+def _refuse_files_in_the_way(out: OutputDir, blocked: list[str]) -> None:
     """A file at an output name that bertml did not write stops the run (it is never replaced,
     with or without overwrite=true)."""
-    blocked = out.in_the_way(names)
     if blocked:
-        raise OutputError(f"{out.path(blocked[0])} is in the way: it is not a bertml output (no bertml fingerprint), "
+        raise OutputError(f"{out.path(blocked[0])} is in the way: it is not a bertml output (unreadable, or no bertml fingerprint), "
                           f"and a shard's output would replace it ({len(blocked)} such file(s)). Move it away, or "
                           "choose another output folder; bertml never overwrites files it did not write")
 
@@ -386,41 +386,38 @@ def input_identity(info: sh.ShardInfo) -> dict:
     return {"rows": info.num_rows, "bytes": info.shard.size}
 
 
-def _resumable(out: OutputDir, infos: list[sh.ShardInfo], fingerprint: str, options: dict) -> list[bool]:
-    """Per input shard: True when its committed output can be kept (footers read in parallel).
+def _resumable(out: OutputDir, infos: list[sh.ShardInfo], found: dict[str, dict], fingerprint: str,
+               options: dict) -> list[bool]:
+    """Per input shard: True when its committed output can be kept (`found`: the metadata of
+    the bertml outputs already there, from `OutputDir.existing`).
 
     Kept: same checkpoint, same options, same input (rows and bytes). An input shard
     rewritten since (a nightly file reused under its name) is scored again. Another
     checkpoint or other options stop the run: the folder would mix two kinds of output.
     """
-    from concurrent.futures import ThreadPoolExecutor
 
     def one(info: sh.ShardInfo) -> bool:
         name = output_name(info.shard.key)
-        try:
-            found = out.read_meta(name)  # one request per shard; existence checked only on failure
-        except Exception as e:  # noqa: BLE001 - object stores raise OSError, not FileNotFoundError, for a missing key
-            if not out.exists(name):
-                return False
-            raise OutputError(f"{out.path(name)}: existing output is unreadable ({e}); use overwrite=true") from None
-        was = found.get(META_FINGERPRINT, b"").decode()
+        if name not in found:
+            return False
+        meta = found[name]
+        was = meta.get(META_FINGERPRINT, b"").decode()
         if was != fingerprint:
             raise OutputError(
                 f"{out.path(name)} was scored by another checkpoint ({was or 'unknown'}, now {fingerprint}); "
                 "use overwrite=true to re-score everything, or a new output folder"
             )
-        if META_OPTIONS in found and (old := json.loads(found[META_OPTIONS])) != options:
+        if META_OPTIONS in meta and (old := json.loads(meta[META_OPTIONS])) != options:
             diff = ", ".join(f"{k}: {old.get(k)!r} -> {options.get(k)!r}" for k in sorted(set(old) | set(options))
                              if old.get(k) != options.get(k))
             raise OutputError(f"{out.path(name)} was scored with other options ({diff}); "
                               "use overwrite=true to re-score everything, or a new output folder")
-        if META_INPUT in found and json.loads(found[META_INPUT]) != input_identity(info):
+        if META_INPUT in meta and json.loads(meta[META_INPUT]) != input_identity(info):
             log.info("%s changed since it was scored: scoring it again", info.shard.uri)
             return False
         return True
 
-    with ThreadPoolExecutor(max_workers=min(16, max(1, len(infos)))) as pool:
-        return list(pool.map(one, infos))
+    return [one(info) for info in infos]
 
 
 def _run_pipeline(cfg: ScoreConfig, todo: list[sh.ShardInfo], max_length: int, committer) -> None:

@@ -16,6 +16,7 @@ import hashlib
 import json
 import math
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -165,7 +166,9 @@ def copy_with_thresholds(src: str, dst: str, thresholds, provenance: dict, overw
     meta = read_meta(src)
     if not meta.multi_label:
         raise CheckpointError(f"checkpoint {src}: single_label checkpoints predict the argmax; there are no thresholds to set")
-    a, b = os.path.abspath(src), os.path.abspath(dst)
+    from bertml.output import resolved
+
+    a, b = resolved(src), resolved(dst)  # checked and written as the same, resolved, path
     if a == b or os.path.commonpath([a, b]) == a:
         raise CheckpointError(f"output {dst} must be a new folder outside the checkpoint {src} (the original is never modified)")
     if os.path.exists(b) and os.listdir(b) and not overwrite:
@@ -229,15 +232,18 @@ def upload(local: str, uri: str) -> None:
 
 # ----------------------------------------------------------------------------- destinations
 
-# What a checkpoint folder holds (save_pretrained's files and bertml.json): a folder of only
-# these may be replaced by a new checkpoint; anything else in it is someone else's.
-_CHECKPOINT_FILES = {META_FILE, "config.json", "generation_config.json", "special_tokens_map.json",
-                     "added_tokens.json", "merges.txt", "chat_template.jinja", "chat_template.json"}
+# What a checkpoint folder holds: the files `save_pretrained` writes for the model and its
+# tokenizer, and bertml.json. A folder of only these may be replaced by a new checkpoint;
+# anything else in it is someone else's.
+_CHECKPOINT_FILES = {META_FILE, WEIGHTS_FILE, "model.safetensors.index.json", "config.json", "generation_config.json",
+                     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                     "vocab.txt", "vocab.json", "merges.txt", "spiece.model", "sentencepiece.bpe.model",
+                     "tokenizer.model", "source.spm", "target.spm", "chat_template.jinja", "chat_template.json"}
+_WEIGHT_SHARD = re.compile(r"model-\d{5}-of-\d{5}\.safetensors")
 
 
 def _is_checkpoint_file(name: str) -> bool:
-    return (name in _CHECKPOINT_FILES or name.endswith((".safetensors", ".safetensors.index.json", ".model"))
-            or name.startswith(("tokenizer", "vocab")))
+    return name in _CHECKPOINT_FILES or _WEIGHT_SHARD.fullmatch(name) is not None
 
 
 def check_destination(dest: str, what: str, protected: list[tuple[str, str]] = ()) -> None:
@@ -274,30 +280,45 @@ def check_destination(dest: str, what: str, protected: list[tuple[str, str]] = (
 
 def install(assembled: str, dest: str) -> None:
     """Move the complete checkpoint folder `assembled` (a sibling of `dest`) to `dest`,
-    replacing a checkpoint there: `dest` is always either the old or the new whole folder
-    by name (the old one is moved aside, then removed)."""
+    replacing a checkpoint there: the old one is moved aside, the new one renamed into place,
+    the old one removed. Signals wait until both renames are done, so `dest` is never left
+    missing by a SIGTERM/SIGINT between them."""
     import shutil
+    import signal
 
     from bertml.output import tmp_name
 
-    old = None
-    if os.path.lexists(dest):
-        old = os.path.join(os.path.dirname(dest), tmp_name(os.path.basename(dest)))
-        os.replace(dest, old)
+    old = os.path.join(os.path.dirname(dest), tmp_name(os.path.basename(dest))) if os.path.lexists(dest) else None
+    blocked = {signal.SIGTERM, signal.SIGINT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
     try:
-        os.replace(assembled, dest)
-    except BaseException:
         if old:
-            os.replace(old, dest)
-        raise
+            os.replace(dest, old)
+        try:
+            os.replace(assembled, dest)
+        except BaseException:
+            if old:
+                os.replace(old, dest)
+            raise
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, blocked)
     if old:
         shutil.rmtree(old, ignore_errors=True)
 
 
 def sibling_tmp(dest: str) -> str:
-    """A hidden temp folder path beside `dest` (same filesystem, so `install` is a rename)."""
-    from bertml.output import tmp_name
+    """A hidden temp folder path beside `dest` (same filesystem, so `install` is a rename).
+    Temp folders an interrupted run left beside `dest` (bertml's temp name for it, holding a
+    bertml.json) are removed first."""
+    import shutil
 
-    parent = os.path.dirname(os.path.abspath(dest))
+    from bertml.output import is_tmp_name, tmp_name
+
+    parent, base = os.path.split(dest)
     os.makedirs(parent, exist_ok=True)
-    return os.path.join(parent, tmp_name(os.path.basename(os.path.abspath(dest))))
+    for name in os.listdir(parent):
+        left = os.path.join(parent, name)
+        if (is_tmp_name(name) and name[1:].startswith(base + ".tmp-") and os.path.isdir(left)
+                and not os.path.islink(left) and os.path.exists(os.path.join(left, META_FILE))):
+            shutil.rmtree(left, ignore_errors=True)
+    return os.path.join(parent, tmp_name(base))

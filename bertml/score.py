@@ -45,7 +45,7 @@ from bertml.output import (
     OutputDir,
     OutputError,
     output_name,
-    resolved,
+    same_or_below,
     within,
 )
 from bertml.scorer import (
@@ -173,7 +173,8 @@ def read_columns(info: sh.ShardInfo, columns: list[str], groups: range | None = 
     with info.shard.fs.open_input_file(info.shard.path) as f:
         _check_unchanged(info, f)
         pf = pq.ParquetFile(f)
-        return pf.read(columns=columns) if groups is None else pf.read_row_groups(list(groups), columns=columns)
+        t = pf.read(columns=columns) if groups is None else pf.read_row_groups(list(groups), columns=columns)
+        return t.select(columns)  # by exact name: "a.b" also selects struct a's child b by path
 
 
 def _check_unchanged(info: sh.ShardInfo, f) -> None:
@@ -247,7 +248,8 @@ def score(cfg: ScoreConfig, _fault: dict | None = None) -> ScoreSummary:
     out.lock()
     try:
         found = out.existing(names)  # under the lock: no other run writes here now
-        _refuse_files_in_the_way(out, [n for n, m in found.items() if m is None])
+        _refuse_files_in_the_way(out, [n for n, m in found.items() if m is None]
+                                 + ([] if out.manifest_is_ours() else [MANIFEST]))
         if cfg.overwrite:
             out.clear()
         out.clean_tmp()
@@ -315,25 +317,26 @@ def check_output_paths(out: OutputDir, cfg: ScoreConfig, shards: list[sh.Shard],
     outputs = [root, out.path("x.parquet")]
     for s in shards:
         try:
-            outputs.append(out.path(output_name(s.key)))
+            name = output_name(s.key)
         except OutputError:
-            pass  # flagged as a bad shard later
+            continue  # flagged as a bad shard later
+        outputs.append(out.path(name))  # refuses a symlinked folder that leads out of the output
     for spec in [cfg.input] if isinstance(cfg.input, str) else cfg.input:
-        if any(sh.lists(spec, out.fs, p) for p in outputs):
+        names = sh.lister(spec, out.fs)
+        if any(names(p) for p in outputs):
             raise OutputError(f"output {cfg.output} lies inside the input {spec}: the next run would read its "
                               "files back as input; choose an output folder outside the input")
     for s in shards:
-        if s.fs.type_name == out.fs.type_name and within(resolved(s.path) if out.local else s.path, root):
+        if s.fs.type_name == out.fs.type_name and (same_or_below(s.path, root) if out.local else within(s.path, root)):
             raise OutputError(f"output {cfg.output} contains the input file {s.uri}; choose an output folder "
                               "that holds no input")
     if not out.local:
         return
     for what, folder in (("the working folder", os.getcwd()), ("your home folder", os.path.expanduser("~"))):
-        if within(resolved(folder), root):
+        if same_or_below(folder, root):
             raise OutputError(f"output {cfg.output} is or contains {what} ({folder}); choose a folder of its own, "
                               "e.g. output=scored/")
-    ck = resolved(checkpoint)
-    if within(root, ck) or within(ck, root):
+    if same_or_below(root, checkpoint) or same_or_below(checkpoint, root):
         raise OutputError(f"output {cfg.output} and the checkpoint {cfg.checkpoint} overlap; choose an output "
                           "folder outside the checkpoint")
 

@@ -3,7 +3,7 @@
     <output>/<input shard's relative path>.parquet   committed results (readers see only these)
     <output>/.<name>.tmp-<8 hex>                       in progress (hidden; removed on the next run)
     <output>/_bertml_manifest.json                     last run: shards, skipped shards, summary
-    <output>/_bertml.lock                              an OS lock on it is held while a run writes (local)
+    <output>/_bertml.lock                              names the run that holds the lock (flock on the folder)
 
 A file is written under a hidden temporary name and renamed into place when complete, so
 a reader (or a re-run after a crash) never sees half a shard. On object stores, where an

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 from dataclasses import asdict, dataclass, field
@@ -28,6 +29,8 @@ META_FILE = "bertml.json"
 WEIGHTS_FILE = "model.safetensors"
 TOKENIZER_FILE = "tokenizer.json"
 FORMAT_VERSION = 1
+
+log = logging.getLogger("bertml.checkpoint")
 
 # Slow-tokenizer vocabularies transformers can rebuild a tokenizer from without tokenizer.json.
 VOCAB_FILES = ("vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model", "sentencepiece.model",
@@ -168,18 +171,19 @@ def _read_meta(path: str) -> tuple[CheckpointMeta, dict]:
 
 
 def validate(path: str, trust_remote_code: bool = False) -> CheckpointMeta:
-    """Everything `load` needs, checked in well under a second without loading the weights.
+    """Everything `load` needs, checked from file headers and a meta-device model (no weights read).
 
     bertml.json and config.json (as `read_meta`); the safetensors header, every tensor lying
     within the file (a truncated copy fails here), the embeddings matching config.json's
-    vocab_size and the head matching the labels; the tokenizer loading as transformers will
+    vocab_size, the head matching the labels, every tensor of the model config.json builds
+    present with its shape; the tokenizer loading as transformers will
     load it, with a real vocabulary, token ids the embeddings cover, and at least one sample
     sentence read as mostly known tokens. Raises CheckpointError naming the file.
     """
     meta, hf = _read_meta(path)
     shapes = _weight_shapes(os.path.join(path, WEIGHTS_FILE))
     rows = _check_weights(path, hf, shapes, meta)
-    _check_config(path, trust_remote_code)
+    _check_model(path, shapes, trust_remote_code)
     _check_tokenizer(path, rows, trust_remote_code)
     return meta
 
@@ -214,14 +218,47 @@ def _check_weights(path: str, hf: dict, shapes: dict[str, list[int]], meta: Chec
     return rows
 
 
-def _check_config(path: str, trust_remote_code: bool) -> None:
-    from transformers import AutoConfig
+def _check_model(path: str, shapes: dict[str, list[int]], trust_remote_code: bool) -> None:
+    """config.json builds a model whose every tensor is in the weights with its shape.
 
+    transformers fills a tensor missing from the file with random values and only logs it,
+    so a file from another architecture or with tensors dropped would score noise. The
+    model is built on the meta device: no memory, no weights read. bertml checkpoints are
+    written by `save_pretrained`, so tensor names match the model's state dict exactly.
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    config_path = os.path.join(path, "config.json")
     try:
-        AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(f"{os.path.join(path, 'config.json')}: transformers cannot read this model config "
-                              f"({_first_line(e)})") from None
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise CheckpointError(f"{config_path}: transformers cannot build this model ({_first_line(e)})") from None
+    try:
+        with torch.device("meta"):
+            model = AutoModelForSequenceClassification.from_config(config, trust_remote_code=trust_remote_code)
+    except (ValueError, KeyError) as e:  # no sequence-classification class for this config
+        raise CheckpointError(f"{config_path}: transformers cannot build this model ({_first_line(e)})") from None
+    except Exception as e:  # noqa: BLE001 - a model that cannot live on the meta device: load() will tell
+        log.warning("%s: tensor names not checked (%s)", path, _first_line(e))
+        return
+    state = model.state_dict(keep_vars=True)  # the parameters themselves: tied ones are one object
+    groups: dict[int, list[str]] = {}  # tied tensors (one parameter, several names) are saved once
+    for name, tensor in state.items():
+        groups.setdefault(id(tensor), []).append(name)
+    expected = {name: list(tensor.shape) for name, tensor in state.items()}
+    missing = [names[0] for names in groups.values() if not any(n in shapes for n in names)]
+    if missing:
+        raise CheckpointError(
+            f"{os.path.join(path, WEIGHTS_FILE)}: {len(missing)} of the model's {len(groups)} tensors are missing "
+            f"({', '.join(missing[:3])}); transformers would fill them with random values. The weights do not match "
+            "config.json: copy the checkpoint again from the training run"
+        )
+    wrong = [(n, shapes[n], want) for n, want in expected.items() if n in shapes and shapes[n] != want]
+    if wrong:
+        n, got, want = wrong[0]
+        raise CheckpointError(f"{os.path.join(path, WEIGHTS_FILE)}: tensor {n} has shape {got} but config.json's "
+                              f"model needs {want}; the weights and config.json come from different models")
 
 
 def _first_line(e: BaseException) -> str:

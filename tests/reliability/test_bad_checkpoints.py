@@ -88,12 +88,15 @@ def _edit_weights(edit):
     return mutate
 
 
+def _narrow(name: str, rows: int):
+    def edit(t):
+        t[name] = t[name][:rows].clone()
+    return edit
+
+
 def _smaller_embeddings(c):
     """The weights and config of a model with a 150-token vocabulary beside this 239-token tokenizer."""
-    def cut(t):
-        key = "bert.embeddings.word_embeddings.weight"
-        t[key] = t[key][:150].clone()
-    _edit_weights(cut)(c)
+    _edit_weights(_narrow("bert.embeddings.word_embeddings.weight", 150))(c)
     _edit_json(os.path.join(c, "config.json"), vocab_size=150)
 
 
@@ -136,12 +139,17 @@ BAD_CHECKPOINTS = {  # name -> (mutation of a good checkpoint, error it must giv
     "config.json not json": (_write("config.json", "model_type: bert\n"), "not a valid config.json (not JSON"),
     "config.json a list": (_write("config.json", "[]"), "not a valid config.json (expected a JSON object"),
     "unknown model_type": (lambda c: _edit_json(os.path.join(c, "config.json"), model_type="no-such-model"),
-                           "config.json: transformers cannot read this model config"),
+                           "config.json: transformers cannot build this model"),
     "truncated weights": (_truncate(0.6), "model.safetensors: not a complete safetensors file"),
     "weights cut inside the header": (_truncate(0.001), "model.safetensors: not a complete safetensors file"),
     "empty weights file": (_truncate(0.0), "model.safetensors: not a complete safetensors file"),
     "config vocab_size vs weights": (lambda c: _edit_json(os.path.join(c, "config.json"), vocab_size=500),
                                      "config.json has vocab_size 500 but model.safetensors"),
+    "tensor missing from weights": (_edit_weights(lambda t: t.pop("bert.encoder.layer.0.attention.self.query.weight")),
+                                    "1 of the model's 41 tensors are missing "
+                                    "(bert.encoder.layer.0.attention.self.query.weight); transformers would fill"),
+    "tensor of the wrong shape": (_edit_weights(_narrow("bert.encoder.layer.1.intermediate.dense.weight", 48)),
+                                  "tensor bert.encoder.layer.1.intermediate.dense.weight has shape [48, 32] but"),
     "head wider than labels": (_wider_head, "the classification head (classifier.weight) has 5 outputs but"),
     "tokenizer of another model": (_smaller_embeddings, "the tokenizer has token ids up to 238 but the model's "
                                                         "embeddings (model.safetensors) have 150 rows"),
@@ -195,13 +203,13 @@ def test_bad_checkpoint_is_one_clear_error_before_any_work(multi_ckpt, tiny_inpu
 def test_healthy_tokenizers_of_one_script_are_not_flagged(multi_ckpt, tmp_path):
     """An English-only WordPiece and a Chinese-only one (as bert-base-uncased on Chinese text or
     bert-base-chinese on English might look) both pass; the sample check wants one known script."""
+    import codecs
+    import this
+
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
     from transformers import BertTokenizerFast
 
     from bertml import checkpoint as ckpt_io
-
-    import codecs
-    import this
 
     corpora = {
         "english": codecs.decode(this.s, "rot13").splitlines() * 5,  # the Zen of Python

@@ -121,7 +121,7 @@ def _check_label_set(cfg: DataConfig, counts: Counter, n_train: int) -> None:
     where = f"data.train {cfg.train}, column {cfg.labels_column!r}"
 
     def binary(x: str) -> str:
-        return f"; a binary tagger (is it {x}?) is problem_type=multi_label with labels [{x!r}] on positive rows and [] on negative ones"
+        return f"; a binary tagger (is it {x}?) is data.problem_type=multi_label with labels [{x!r}] on positive rows and [] on negative ones"
 
     if not counts:
         raise sh.InputError(f"{where}: no training row has a label, so there is nothing to learn; "

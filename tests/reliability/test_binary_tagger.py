@@ -77,7 +77,7 @@ def test_binary_tagger_trains_evaluates_tunes_and_scores(ray_local, tiny_encoder
 @pytest.mark.parametrize("labels, extra, message", [
     (["sport"], ["data.problem_type=single_label"],
      "column 'labels': every training row has the class 'sport'; single_label needs at least 2 classes; "
-     "a binary tagger (is it sport?) is problem_type=multi_label with labels ['sport'] on positive rows"),
+     "a binary tagger (is it sport?) is data.problem_type=multi_label with labels ['sport'] on positive rows"),
     ([], [], "column 'labels': no training row has a label, so there is nothing to learn"),
     (["sport"], [], "every training row has the only label 'sport', so there are no negative examples"),
 ])

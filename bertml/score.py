@@ -219,7 +219,7 @@ def score(cfg: ScoreConfig, _fault: dict | None = None) -> ScoreSummary:
     """Score every row of `cfg.input` into `cfg.output`; see the module docstring."""
     t0 = time.perf_counter()
     local_ckpt = ckpt_io.localize(cfg.checkpoint)  # s3://... -> cached local copy (workers fetch their own)
-    meta = ckpt_io.read_meta(local_ckpt)  # all checks before Ray starts
+    meta = ckpt_io.validate(local_ckpt, cfg.trust_remote_code)  # all checks before Ray starts
     max_length = cfg.max_length or meta.max_length
     ckpt_io.check_max_length(local_ckpt, max_length)
     _check_window(cfg, local_ckpt, max_length)

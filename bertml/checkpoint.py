@@ -6,14 +6,17 @@
     bertml.json          ordered labels, per-label thresholds, max_length, problem type,
                          the resolved training config and final metrics
 
-Everything here is checked before any Ray work starts, so a bad checkpoint gives one
-clear error instead of a traceback from inside an actor.
+`validate` checks everything `load` will need before any Ray work starts (every file
+present and parsable, the weights file complete, tokenizer and embeddings from one model,
+a tokenizer that reads text), so a bad checkpoint gives one clear error instead of a
+traceback from inside an actor, or silently wrong tags.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import re
@@ -25,7 +28,33 @@ from bertml.model import position_limit
 
 META_FILE = "bertml.json"
 WEIGHTS_FILE = "model.safetensors"
+TOKENIZER_FILE = "tokenizer.json"
 FORMAT_VERSION = 1
+
+log = logging.getLogger("bertml.checkpoint")
+
+# Slow-tokenizer vocabularies transformers can rebuild a tokenizer from without tokenizer.json.
+VOCAB_FILES = ("vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model", "sentencepiece.model",
+               "tokenizer.model")
+# Fewer entries than this is not a text vocabulary: transformers builds a 5-token one (the
+# special tokens) from tokenizer_config.json alone when tokenizer.json is gone.
+MIN_VOCAB = 100
+# One short sentence per script. A healthy tokenizer reads at least one of them as mostly
+# known tokens (a Chinese BERT the Chinese one, an English WordPiece the English one).
+SAMPLES = {
+    "English": "The market report said prices rose in the city today.",
+    "Chinese": "今天城市新闻报道了一场足球比赛。",
+    "Japanese": "今日は東京で新しい会議がありました。",
+    "Korean": "오늘 도시에서 새로운 시장이 열렸다.",
+    "Russian": "Сегодня в городе открылся новый рынок.",
+    "Arabic": "أعلنت الحكومة عن خطة جديدة اليوم.",
+    "Hindi": "आज शहर में एक नया बाज़ार खुला।",
+    "Greek": "Σήμερα άνοιξε μια νέα αγορά στην πόλη.",
+}
+MAX_UNKNOWN_SHARE = 0.5
+# Safetensors names of the input embeddings and the classification head, across families.
+_EMBEDDING_SUFFIXES = ("word_embeddings.weight", "tok_embeddings.weight", "embed_tokens.weight")
+_HEAD_NAMES = ("classifier.out_proj.weight", "classifier.weight", "score.weight")
 
 
 class CheckpointError(ValueError):
@@ -55,9 +84,20 @@ class CheckpointMeta:
     def validate(self, where: str) -> None:
         if self.problem_type not in ("multi_label", "single_label"):
             raise CheckpointError(f"{where}: problem_type must be multi_label or single_label, got {self.problem_type!r}")
-        if not self.labels or len(set(self.labels)) != len(self.labels):
-            raise CheckpointError(f"{where}: labels must be a non-empty list of distinct names")
-        if not isinstance(self.max_length, int) or not 1 <= self.max_length <= 512:
+        if not isinstance(self.labels, list) or not self.labels:
+            raise CheckpointError(f"{where}: labels must be a non-empty list of label names, got {self.labels!r}")
+        bad = [n for n in self.labels if not isinstance(n, str) or not n.strip()]
+        if bad:
+            hint = f" (e.g. \"{bad[0]}\")" if not isinstance(bad[0], str) else ""
+            raise CheckpointError(f"{where}: labels must be non-empty strings, got {bad[0]!r}; write every label "
+                                  f"name as a JSON string{hint}")
+        if len(set(self.labels)) != len(self.labels):
+            dup = next(n for n in self.labels if self.labels.count(n) > 1)
+            raise CheckpointError(f"{where}: labels must be distinct names; {dup!r} is listed twice")
+        if not self.multi_label and len(self.labels) < 2:
+            raise CheckpointError(f"{where}: a single_label checkpoint needs at least 2 classes, got {self.labels!r}; "
+                                  "a binary tagger is multi_label with one label")
+        if isinstance(self.max_length, bool) or not isinstance(self.max_length, int) or not 1 <= self.max_length <= 512:
             raise CheckpointError(f"{where}: max_length must be an integer in [1, 512], got {self.max_length!r}")
         if self.multi_label:
             t = self.thresholds
@@ -65,7 +105,8 @@ class CheckpointMeta:
                 raise CheckpointError(
                     f"{where}: thresholds must list one value per label ({len(self.labels)}), got {t!r}"
                 )
-            bad = [(n, v) for n, v in zip(self.labels, t) if not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0 or math.isnan(v)]
+            bad = [(n, v) for n, v in zip(self.labels, t)
+                   if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v) or not 0.0 <= v <= 1.0]
             if bad:
                 raise CheckpointError(f"{where}: thresholds must be in [0, 1]; label {bad[0][0]!r} has {bad[0][1]!r}")
 
@@ -78,8 +119,27 @@ def write_meta(path: str, meta: CheckpointMeta) -> None:
         json.dump(redact(asdict(meta)), f, indent=2, ensure_ascii=False)  # no credentials from URIs
 
 
+def _read_json(path: str, what: str) -> dict:
+    """A JSON object from `path`, or one CheckpointError naming the file."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: not a valid {what} (not JSON: {e}); the file is damaged: copy it again "
+                              "from the training run's checkpoint") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: not a valid {what} (expected a JSON object, got a {type(data).__name__}); "
+                              "copy it again from the training run's checkpoint")
+    return data
+
+
 def read_meta(path: str) -> CheckpointMeta:
-    """Read and check bertml.json and the files beside it (no weights loaded)."""
+    """Read and check bertml.json and config.json beside it (no weights or tokenizer loaded)."""
+    return _read_meta(path)[0]
+
+
+def _read_meta(path: str) -> tuple[CheckpointMeta, dict]:
+    """(bertml.json, config.json as a dict), both checked."""
     if not os.path.isdir(path):
         raise CheckpointError(f"checkpoint {path}: not a folder (expected the output of `bertml train`)")
     meta_path = os.path.join(path, META_FILE)
@@ -94,15 +154,13 @@ def read_meta(path: str) -> CheckpointMeta:
         raise CheckpointError(f"checkpoint {path}: no {WEIGHTS_FILE}.{hint} bertml loads safetensors weights only.")
     if not os.path.exists(os.path.join(path, "config.json")):
         raise CheckpointError(f"checkpoint {path}: no config.json")
+    raw = _read_json(meta_path, META_FILE)
     try:
-        with open(meta_path, encoding="utf-8") as f:
-            raw = json.load(f)
         meta = CheckpointMeta(**{k: v for k, v in raw.items() if k in CheckpointMeta.__dataclass_fields__})
-    except (json.JSONDecodeError, TypeError) as e:
+    except TypeError as e:
         raise CheckpointError(f"{meta_path}: not a valid bertml.json ({e})") from None
     meta.validate(meta_path)
-    with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
-        hf = json.load(f)
+    hf = _read_json(os.path.join(path, "config.json"), "config.json")
     n_head = len(hf.get("id2label") or {}) or hf.get("num_labels")
     if n_head and n_head != len(meta.labels):
         raise CheckpointError(
@@ -112,7 +170,154 @@ def read_meta(path: str) -> CheckpointMeta:
     limit = position_limit(hf)
     if limit and meta.max_length > limit:
         raise CheckpointError(f"checkpoint {path}: max_length {meta.max_length} exceeds the model's limit of {limit} tokens")
+    return meta, hf
+
+
+def validate(path: str, trust_remote_code: bool = False) -> CheckpointMeta:
+    """Everything `load` needs, checked from file headers and a meta-device model (no weights read).
+
+    bertml.json and config.json (as `read_meta`); the safetensors header, every tensor lying
+    within the file (a truncated copy fails here), the embeddings matching config.json's
+    vocab_size, the head matching the labels, every tensor of the model config.json builds
+    present with its shape; the tokenizer loading as transformers will
+    load it, with a real vocabulary, token ids the embeddings cover, and at least one sample
+    sentence read as mostly known tokens. Raises CheckpointError naming the file.
+    """
+    meta, hf = _read_meta(path)
+    shapes = _weight_shapes(os.path.join(path, WEIGHTS_FILE))
+    rows = _check_weights(path, hf, shapes, meta)
+    _check_model(path, shapes, trust_remote_code)
+    _check_tokenizer(path, rows, trust_remote_code)
     return meta
+
+
+def _weight_shapes(weights: str) -> dict[str, list[int]]:
+    """Tensor name -> shape from the safetensors header (no tensor data read)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        # safe_open parses the header and checks that every tensor's byte range fits its
+        # dtype and shape and that the ranges cover the file exactly.
+        with safe_open(weights, framework="pt") as f:
+            return {k: list(f.get_slice(k).get_shape()) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{weights}: not a complete safetensors file ({e}); the copy is damaged or "
+                              "truncated: copy it again from the training run's checkpoint") from None
+
+
+def _check_weights(path: str, hf: dict, shapes: dict[str, list[int]], meta: CheckpointMeta) -> int | None:
+    """Embedding rows and head outputs in the weights against config.json and bertml.json; returns the rows."""
+    weights = os.path.join(path, WEIGHTS_FILE)
+    emb = next((k for k in sorted(shapes, key=len) if k.endswith(_EMBEDDING_SUFFIXES)), None)
+    rows = shapes[emb][0] if emb and shapes[emb] else None
+    vocab = hf.get("vocab_size")
+    if rows is not None and isinstance(vocab, int) and vocab != rows:
+        raise CheckpointError(f"checkpoint {path}: config.json has vocab_size {vocab} but {WEIGHTS_FILE} "
+                              f"({emb}) has {rows} embedding rows; the files come from different models")
+    head = next((k for k in _HEAD_NAMES if k in shapes), None)
+    if head and shapes[head] and shapes[head][0] != len(meta.labels):
+        raise CheckpointError(f"{weights}: the classification head ({head}) has {shapes[head][0]} outputs but "
+                              f"{META_FILE} lists {len(meta.labels)} labels; the files come from different runs")
+    return rows
+
+
+def _check_model(path: str, shapes: dict[str, list[int]], trust_remote_code: bool) -> None:
+    """config.json builds a model whose every tensor is in the weights with its shape.
+
+    transformers fills a tensor missing from the file with random values and only logs it,
+    so a file from another architecture or with tensors dropped would score noise. The
+    model is built on the meta device: no memory, no weights read. bertml checkpoints are
+    written by `save_pretrained`, so tensor names match the model's state dict exactly.
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    config_path = os.path.join(path, "config.json")
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise CheckpointError(f"{config_path}: transformers cannot build this model ({_first_line(e)})") from None
+    try:
+        with torch.device("meta"):
+            model = AutoModelForSequenceClassification.from_config(config, trust_remote_code=trust_remote_code)
+    except (ValueError, KeyError) as e:  # no sequence-classification class for this config
+        raise CheckpointError(f"{config_path}: transformers cannot build this model ({_first_line(e)})") from None
+    except Exception as e:  # noqa: BLE001 - a model that cannot live on the meta device: load() will tell
+        log.warning("%s: tensor names not checked (%s)", path, _first_line(e))
+        return
+    state = model.state_dict(keep_vars=True)  # the parameters themselves: tied ones are one object
+    groups: dict[int, list[str]] = {}  # tied tensors (one parameter, several names) are saved once
+    for name, tensor in state.items():
+        groups.setdefault(id(tensor), []).append(name)
+    expected = {name: list(tensor.shape) for name, tensor in state.items()}
+    missing = [names[0] for names in groups.values() if not any(n in shapes for n in names)]
+    if missing:
+        raise CheckpointError(
+            f"{os.path.join(path, WEIGHTS_FILE)}: {len(missing)} of the model's {len(groups)} tensors are missing "
+            f"({', '.join(missing[:3])}); transformers would fill them with random values. The weights do not match "
+            "config.json: copy the checkpoint again from the training run"
+        )
+    wrong = [(n, shapes[n], want) for n, want in expected.items() if n in shapes and shapes[n] != want]
+    if wrong:
+        n, got, want = wrong[0]
+        raise CheckpointError(f"{os.path.join(path, WEIGHTS_FILE)}: tensor {n} has shape {got} but config.json's "
+                              f"model needs {want}; the weights and config.json come from different models")
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def _check_tokenizer(path: str, embedding_rows: int | None, trust_remote_code: bool) -> None:
+    """The tokenizer loads, is fast, has a real vocabulary that the embeddings cover, and reads text."""
+    from transformers import AutoTokenizer
+
+    tj = os.path.join(path, TOKENIZER_FILE)
+    if os.path.exists(tj):
+        _read_json(tj, TOKENIZER_FILE)
+        where = tj
+    else:
+        vocab_files = [f for f in VOCAB_FILES if os.path.exists(os.path.join(path, f))]
+        if not vocab_files:
+            raise CheckpointError(
+                f"{tj}: missing, and no vocabulary file ({', '.join(VOCAB_FILES)}) to rebuild the tokenizer from "
+                "(transformers would build one of special tokens only that reads every word as [UNK]); copy "
+                f"{TOKENIZER_FILE} from the training run's checkpoint or the base model"
+            )
+        where = os.path.join(path, vocab_files[0])
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        if os.path.exists(os.path.join(path, name)):
+            _read_json(os.path.join(path, name), name)
+    try:
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except Exception as e:  # noqa: BLE001 - tokenizers/transformers raise many types for bad files
+        raise CheckpointError(f"{where}: transformers cannot load the tokenizer ({_first_line(e)}); copy the "
+                              "tokenizer files again from the training run's checkpoint") from None
+    if not getattr(tok, "is_fast", False):
+        raise CheckpointError(f"{where}: bertml needs a fast (Rust) tokenizer; save it with a tokenizer.json")
+    vocab = tok.get_vocab()
+    if len(vocab) < MIN_VOCAB:
+        raise CheckpointError(f"{where}: the tokenizer has only {len(vocab)} tokens ({', '.join(sorted(vocab)[:5])}), "
+                              "not a text vocabulary: every word would be [UNK]. Copy the tokenizer files "
+                              "again from the training run's checkpoint")
+    top = max(vocab.values())
+    if embedding_rows is not None and top >= embedding_rows:
+        raise CheckpointError(f"{where}: the tokenizer has token ids up to {top} but the model's embeddings "
+                              f"({WEIGHTS_FILE}) have {embedding_rows} rows; the tokenizer comes from another "
+                              "model: use the tokenizer the model was trained with")
+    special = set(tok.all_special_ids)
+    shares = {}
+    for script, text in SAMPLES.items():
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        shares[script] = sum(i in special for i in ids) / len(ids) if ids else 1.0
+    best = min(shares, key=shares.get)
+    if shares[best] > MAX_UNKNOWN_SHARE:
+        raise CheckpointError(
+            f"{where}: the tokenizer reads sample sentences in {len(SAMPLES)} scripts ({', '.join(SAMPLES)}) as "
+            f"mostly [UNK] or special tokens (best: {best}, {shares[best]:.0%}); every row would get the same tags. "
+            "Copy the tokenizer files again from the training run's checkpoint"
+        )
 
 
 def check_max_length(path: str, max_length: int) -> None:
@@ -168,7 +373,9 @@ def copy_with_thresholds(src: str, dst: str, thresholds, provenance: dict, overw
     meta = read_meta(src)
     if not meta.multi_label:
         raise CheckpointError(f"checkpoint {src}: single_label checkpoints predict the argmax; there are no thresholds to set")
-    a, b = os.path.abspath(src), os.path.abspath(dst)
+    from bertml.output import resolved
+
+    a, b = resolved(src), resolved(dst)  # checked and written as the same, resolved, path
     if a == b or os.path.commonpath([a, b]) == a:
         raise CheckpointError(f"output {dst} must be a new folder outside the checkpoint {src} (the original is never modified)")
     if os.path.exists(b) and os.listdir(b) and not overwrite:
@@ -307,15 +514,18 @@ def prefix_is_empty(uri: str) -> bool:
 
 # ----------------------------------------------------------------------------- destinations
 
-# What a checkpoint folder holds (save_pretrained's files and bertml.json): a folder of only
-# these may be replaced by a new checkpoint; anything else in it is someone else's.
-_CHECKPOINT_FILES = {META_FILE, "config.json", "generation_config.json", "special_tokens_map.json",
-                     "added_tokens.json", "merges.txt", "chat_template.jinja", "chat_template.json"}
+# What a checkpoint folder holds: the files `save_pretrained` writes for the model and its
+# tokenizer, and bertml.json. A folder of only these may be replaced by a new checkpoint;
+# anything else in it is someone else's.
+_CHECKPOINT_FILES = {META_FILE, WEIGHTS_FILE, "model.safetensors.index.json", "config.json", "generation_config.json",
+                     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                     "vocab.txt", "vocab.json", "merges.txt", "spiece.model", "sentencepiece.bpe.model",
+                     "tokenizer.model", "source.spm", "target.spm", "chat_template.jinja", "chat_template.json"}
+_WEIGHT_SHARD = re.compile(r"model-\d{5}-of-\d{5}\.safetensors")
 
 
 def _is_checkpoint_file(name: str) -> bool:
-    return (name in _CHECKPOINT_FILES or name.endswith((".safetensors", ".safetensors.index.json", ".model"))
-            or name.startswith(("tokenizer", "vocab")))
+    return name in _CHECKPOINT_FILES or _WEIGHT_SHARD.fullmatch(name) is not None
 
 
 def check_destination(dest: str, what: str, protected: list[tuple[str, str]] = ()) -> None:
@@ -352,30 +562,45 @@ def check_destination(dest: str, what: str, protected: list[tuple[str, str]] = (
 
 def install(assembled: str, dest: str) -> None:
     """Move the complete checkpoint folder `assembled` (a sibling of `dest`) to `dest`,
-    replacing a checkpoint there: `dest` is always either the old or the new whole folder
-    by name (the old one is moved aside, then removed)."""
+    replacing a checkpoint there: the old one is moved aside, the new one renamed into place,
+    the old one removed. Signals wait until both renames are done, so `dest` is never left
+    missing by a SIGTERM/SIGINT between them."""
     import shutil
+    import signal
 
     from bertml.output import tmp_name
 
-    old = None
-    if os.path.lexists(dest):
-        old = os.path.join(os.path.dirname(dest), tmp_name(os.path.basename(dest)))
-        os.replace(dest, old)
+    old = os.path.join(os.path.dirname(dest), tmp_name(os.path.basename(dest))) if os.path.lexists(dest) else None
+    blocked = {signal.SIGTERM, signal.SIGINT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
     try:
-        os.replace(assembled, dest)
-    except BaseException:
         if old:
-            os.replace(old, dest)
-        raise
+            os.replace(dest, old)
+        try:
+            os.replace(assembled, dest)
+        except BaseException:
+            if old:
+                os.replace(old, dest)
+            raise
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, blocked)
     if old:
         shutil.rmtree(old, ignore_errors=True)
 
 
 def sibling_tmp(dest: str) -> str:
-    """A hidden temp folder path beside `dest` (same filesystem, so `install` is a rename)."""
-    from bertml.output import tmp_name
+    """A hidden temp folder path beside `dest` (same filesystem, so `install` is a rename).
+    Temp folders an interrupted run left beside `dest` (bertml's temp name for it, holding a
+    bertml.json) are removed first."""
+    import shutil
 
-    parent = os.path.dirname(os.path.abspath(dest))
+    from bertml.output import is_tmp_name, tmp_name
+
+    parent, base = os.path.split(dest)
     os.makedirs(parent, exist_ok=True)
-    return os.path.join(parent, tmp_name(os.path.basename(os.path.abspath(dest))))
+    for name in os.listdir(parent):
+        left = os.path.join(parent, name)
+        if (is_tmp_name(name) and name[1:].startswith(base + ".tmp-") and os.path.isdir(left)
+                and not os.path.islink(left) and os.path.exists(os.path.join(left, META_FILE))):
+            shutil.rmtree(left, ignore_errors=True)
+    return os.path.join(parent, tmp_name(base))

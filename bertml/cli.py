@@ -150,8 +150,10 @@ def _run(name: str, cmd: Command, cfg) -> int:
     catch_signals()
     try:
         return cmd.run(cfg)
-    except (Interrupted, KeyboardInterrupt) as e:
-        signum = getattr(e, "signum", signal.SIGINT)
+    except (Interrupted, KeyboardInterrupt, SystemExit) as e:
+        if isinstance(e, SystemExit) and e.code != signal.SIGTERM:  # Ray's handler, during ray.init: sys.exit(15)
+            raise
+        signum = getattr(e, "signum", signal.SIGINT if isinstance(e, KeyboardInterrupt) else signal.SIGTERM)
         print(f"bertml {name}: stopped by {signal.Signals(signum).name}; finished work is kept and nothing "
               "half-written is visible. Re-run the same command to resume", file=sys.stderr)
         return 128 + signum

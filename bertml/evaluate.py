@@ -264,11 +264,12 @@ def evaluate_checkpoint(cfg: EvalConfig) -> dict:
     """Score `cfg.data`, compute every metric, write the report folder. Returns metrics.json's content."""
     from bertml import checkpoint as ckpt_io
     from bertml import cluster, metrics
-    from bertml.report import write_report
+    from bertml.report import check_report_folder, write_report
     from bertml.shards import InputError
 
     t0 = time.perf_counter()
     cluster.resolve_outputs(cfg, ["report"])
+    check_report_folder(cfg.report)
     s = score_labelled(cfg.score_config(), cfg.labels_column, cfg.label_delimiter, cfg.unknown_labels)
     if not len(s.probs):
         raise InputError(f"data {redact(cfg.data)}: all {s.rows} rows are empty (no text); nothing to evaluate")
@@ -311,18 +312,34 @@ def upload_report(local: str, names: list[str], uri: str) -> None:
     when its upload completes; report.html goes last."""
     import pyarrow.fs as pafs
 
-    from bertml.report import PLOTS_MULTI, PLOTS_SINGLE
+    from bertml.output import OutputError
+    from bertml.report import PLOTS_MULTI, PLOTS_SINGLE, REPORT_FILES
     from bertml.shards import split_uri
 
     fs, root, _ = split_uri(uri, "report", glob=False)
     root = root.rstrip("/")
+    present = [i.path for i in fs.get_file_info([f"{root}/{n}" for n in REPORT_FILES]) if i.type == pafs.FileType.File]
+    if present and not _is_bertml_report(fs, f"{root}/metrics.json"):  # as check_report_folder, for a prefix
+        raise OutputError(f"report {redact(uri)} holds {os.path.basename(present[0])!r}, which is not from a bertml "
+                          "report; bertml never overwrites files it did not write: choose a new or empty prefix")
     stale = {"metrics.json", "per_label.csv", "report.html", *PLOTS_MULTI, *PLOTS_SINGLE} - set(names)
-    for info in fs.get_file_info([f"{root}/{n}" for n in sorted(stale)]):
-        if info.type == pafs.FileType.File:
-            fs.delete_file(info.path)
+    for path in present:
+        if os.path.basename(path) in stale:
+            fs.delete_file(path)
     for name in sorted(names, key=lambda n: n == "report.html"):
         with open(os.path.join(local, name), "rb") as f, fs.open_output_stream(f"{root}/{name}") as o:
             o.write(f.read())
+
+
+def _is_bertml_report(fs, path: str) -> bool:
+    import json
+
+    try:
+        with fs.open_input_stream(path) as f:
+            m = json.loads(f.read().decode("utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(m, dict) and {"fingerprint", "problem_type", "rows"} <= set(m)
 
 
 def spec_text(data) -> str:

@@ -34,6 +34,19 @@ def _targets(targets: np.ndarray, n_labels: int) -> np.ndarray:
     return (y > 0.5).astype(np.int64)
 
 
+def _prfs(y: np.ndarray, pred: np.ndarray, average: str | None):
+    """sklearn's precision_recall_fscore_support over the label columns of [N, L] 0/1 matrices.
+
+    sklearn reads a one-column matrix as a binary target (micro = accuracy, per-class rows
+    for 0 and 1, no samples average); an all-zero column that `labels` leaves out keeps a
+    binary tagger ([N, 1]) multi-label, with the same numbers as any other label set.
+    """
+    labels = np.arange(y.shape[1])
+    if y.shape[1] == 1:
+        y, pred = np.pad(y, ((0, 0), (0, 1))), np.pad(pred, ((0, 0), (0, 1)))
+    return skm.precision_recall_fscore_support(y, pred, average=average, labels=labels, zero_division=0)
+
+
 def evaluate(
     probs: np.ndarray,
     targets: np.ndarray,
@@ -51,13 +64,13 @@ def evaluate(
         for avg in ("micro", "macro", "weighted", "samples"):
             if avg == "samples" and not multi_label:
                 continue
-            p, r, f, _ = skm.precision_recall_fscore_support(y, pred, average=avg, zero_division=0)
+            p, r, f, _ = _prfs(y, pred, avg)
             out[f"{avg}_precision"], out[f"{avg}_recall"], out[f"{avg}_f1"] = float(p), float(r), float(f)
         out["subset_accuracy"] = float(skm.accuracy_score(y, pred))
         out["hamming_loss"] = float(skm.hamming_loss(y, pred))
         if not multi_label:
             out["accuracy"] = float(skm.accuracy_score(y.argmax(1), probs.argmax(1)))
-        p, r, f, s = skm.precision_recall_fscore_support(y, pred, average=None, zero_division=0)
+        p, r, f, s = _prfs(y, pred, None)
     per_label = {}
     aucs, aps = [], []
     for j, name in enumerate(label_names):
@@ -106,7 +119,7 @@ def _precision_threshold(y: np.ndarray, p: np.ndarray, target: float) -> float |
 def global_threshold(probs: np.ndarray, y: np.ndarray) -> float:
     """One threshold maximising micro-F1 over all labels (fallback for labels without positives)."""
     grid = np.round(np.arange(0.05, 0.96, 0.05), 2)
-    scores = [skm.f1_score(y, (probs >= t).astype(int), average="micro", zero_division=0) for t in grid]
+    scores = [_prfs(y, (probs >= t).astype(np.int64), "micro")[2] for t in grid]
     return float(grid[int(np.argmax(scores))]) if max(scores) > 0 else DEFAULT_THRESHOLD
 
 

@@ -3,7 +3,7 @@
     <output>/<input shard's relative path>.parquet   committed results (readers see only these)
     <output>/.<name>.tmp-<8 hex>                       in progress (hidden; removed on the next run)
     <output>/_bertml_manifest.json                     last run: shards, skipped shards, summary
-    <output>/_bertml.lock                              an OS lock on it is held while a run writes (local)
+    <output>/_bertml.lock                              names the run that holds the lock (flock on the folder)
 
 A file is written under a hidden temporary name and renamed into place when complete, so
 a reader (or a re-run after a crash) never sees half a shard. On object stores, where an
@@ -81,6 +81,29 @@ def within(path: str, root: str) -> bool:
     return path == root or path.startswith(root if root.endswith("/") else root + "/")
 
 
+def same_or_below(path: str, folder: str) -> bool:
+    """Local `path` is `folder` or below it: compared resolved, and by (device, inode) of each
+    of its existing ancestors, so a bind mount or a second mount of the same folder is seen."""
+    p, f = resolved(path), resolved(folder)
+    if within(p, f):
+        return True
+    try:
+        target = os.stat(f)
+    except OSError:
+        return False
+    while True:
+        try:
+            st = os.stat(p)
+            if (st.st_dev, st.st_ino) == (target.st_dev, target.st_ino):
+                return True
+        except OSError:
+            pass
+        parent = os.path.dirname(p)
+        if parent == p:
+            return False
+        p = parent
+
+
 class OutputDir:
     """A local or object-store folder that receives committed shard files."""
 
@@ -107,6 +130,10 @@ class OutputDir:
         full = os.path.normpath(os.path.join(self.root, name))
         if not within(full, os.path.normpath(self.root)):
             raise OutputError(f"{name!r} would write outside the output folder {self.uri}")
+        if self.local and not within(os.path.realpath(os.path.dirname(full)), self.root):
+            raise OutputError(f"{full}: a symlinked folder on the way leads outside the output folder {self.uri} "
+                              f"(to {os.path.realpath(os.path.dirname(full))}); remove the link or choose another "
+                              "output folder")
         return full
 
     def _inside(self, path: str) -> bool:
@@ -117,8 +144,13 @@ class OutputDir:
         return self.fs.get_file_info(self.path(name)).type == pafs.FileType.File
 
     def _files(self) -> list[pafs.FileInfo]:
-        infos = self.fs.get_file_info(pafs.FileSelector(self.root, recursive=True))
-        return [i for i in infos if i.is_file and self._inside(i.path)]
+        """Files of this output folder: inside it for real (no link out), and not in a nested
+        folder that is another run's output (it holds its own manifest or lock)."""
+        infos = self.fs.get_file_info(pafs.FileSelector(self.root, recursive=True, allow_not_found=True))
+        nested = {os.path.dirname(i.path) for i in infos
+                  if i.is_file and os.path.basename(i.path) in (MANIFEST, LOCK) and os.path.dirname(i.path) != self.root}
+        return [i for i in infos if i.is_file and self._inside(i.path)
+                and not any(within(i.path, n) for n in nested)]
 
     def committed(self) -> list[str]:
         """Relative names of committed output files (hidden files excluded)."""
@@ -142,19 +174,28 @@ class OutputDir:
         except Exception:  # noqa: BLE001 - not readable Parquet: not ours
             return False
 
-    def in_the_way(self, names: list[str]) -> list[str]:
-        """Of the output names a run will write, those taken by a file bertml did not write
-        (or by a folder): the run must stop rather than replace them."""
+    def existing(self, names: list[str]) -> dict[str, dict[bytes, bytes] | None]:
+        """Of the output names a run will write, those already taken, from one listing of the
+        folder: name -> the Parquet schema metadata of a bertml output there, or None for
+        anything bertml did not write (no fingerprint, unreadable, a folder, a link out)."""
         from concurrent.futures import ThreadPoolExecutor
 
-        def blocked(name: str) -> bool:
-            info = self.fs.get_file_info(self.path(name))
-            if info.type == pafs.FileType.NotFound:
-                return False
-            return info.type != pafs.FileType.File or not self.is_ours(name)
+        infos = self.fs.get_file_info(pafs.FileSelector(self.root, recursive=True, allow_not_found=True))
+        listed = {os.path.relpath(i.path, self.root): i for i in infos}
+        taken = [n for n in dict.fromkeys(names) if os.path.normpath(n) in listed]
 
-        with ThreadPoolExecutor(max_workers=min(16, max(1, len(names)))) as pool:
-            return [n for n, b in zip(names, pool.map(blocked, names)) if b]
+        def meta(name: str) -> dict[bytes, bytes] | None:
+            info = listed[os.path.normpath(name)]
+            if not info.is_file or not self._inside(info.path):
+                return None
+            try:
+                m = self.read_meta(name)
+            except Exception:  # noqa: BLE001 - not readable Parquet: not ours
+                return None
+            return m if META_FINGERPRINT in m else None
+
+        with ThreadPoolExecutor(max_workers=min(16, max(1, len(taken)))) as pool:
+            return dict(zip(taken, pool.map(meta, taken)))
 
     def commit(self, name: str, table: pa.Table) -> None:
         """Write `table` to `name` atomically: a hidden temp file renamed into place (local),
@@ -177,13 +218,33 @@ class OutputDir:
                 pq.write_table(table, fh, compression="zstd")
                 fh.flush()
                 os.fsync(fh.fileno())  # durable before it becomes visible
-            os.replace(tmp, final)
+            self._publish(tmp, final)
         except BaseException as e:
             _unlink_quietly(tmp)
             if isinstance(e, OSError):
                 raise OutputError(f"cannot write {final} ({_os_reason(e)}); shards committed so far are kept: "
                                   "fix the cause and re-run to resume") from None
             raise
+
+    def _publish(self, tmp: str, final: str) -> None:
+        """Make `tmp` visible as `final`, replacing only a bertml output: a new name is taken
+        with a hard link (which fails if something appeared there meanwhile), an existing one
+        is checked for bertml's fingerprint just before the rename."""
+        name = os.path.relpath(final, self.root)
+        if not os.path.lexists(final):
+            try:
+                os.link(tmp, final)
+                os.unlink(tmp)
+                return
+            except FileExistsError:
+                pass  # appeared meanwhile: checked below
+            except OSError as e:
+                if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK, errno.EXDEV):
+                    raise  # filesystems without hard links fall through to the checked rename
+        if os.path.lexists(final) and (os.path.islink(final) or not self.is_ours(name)):
+            raise OutputError(f"{final} appeared during the run and is not a bertml output; it was left as it is "
+                              "and this shard not committed: move it away and re-run")
+        os.replace(tmp, final)
 
     def clean_tmp(self) -> int:
         """Remove temp files left by an interrupted run (they were never visible)."""
@@ -205,9 +266,20 @@ class OutputDir:
         for rel, m in zip(names, mine):
             if m:
                 self.fs.delete_file(self.path(rel))
-        if self.exists(MANIFEST):
+        if self.exists(MANIFEST) and self.manifest_is_ours():
             self.fs.delete_file(self.path(MANIFEST))
         return [rel for rel, m in zip(names, mine) if not m]
+
+    def manifest_is_ours(self) -> bool:
+        """No manifest yet, or one bertml wrote (a JSON object with its keys)."""
+        info = self.fs.get_file_info(self.path(MANIFEST))
+        if info.type == pafs.FileType.NotFound:
+            return True
+        try:
+            m = self.read_json(MANIFEST)
+        except (OSError, ValueError):
+            return False
+        return info.is_file and isinstance(m, dict) and {"fingerprint", "shards", "summary"} <= set(m)
 
     def write_json(self, name: str, obj: dict) -> None:
         data = json.dumps(obj, indent=2, ensure_ascii=False, default=str).encode("utf-8")
@@ -234,44 +306,37 @@ class OutputDir:
     def lock(self) -> None:
         """Refuse to run while another run writes here.
 
-        An exclusive `flock` on `_bertml.lock`: the kernel releases it when its holder
-        exits, however it dies, so a crashed run's lock needs no stale-lock takeover.
-        The file is unlinked on release, so a taker checks, once it holds the lock, that
-        the name still points at the file it locked (else it locked a file just unlinked,
-        and tries again). The holder's host and pid are written in it for the message.
+        An exclusive `flock` on the output folder itself (its directory descriptor): the
+        kernel releases it when its holder exits, however it dies, and nothing in the folder
+        can be deleted or linked to break it. `_bertml.lock` only names the holder (host,
+        pid) for the message; it is replaced atomically, never written through.
         """
         if not self.local:
             return  # object stores have no atomic create; README: one nightly run per output
-        path = self.path(LOCK)
-        for _ in range(100):
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as e:
-                os.close(fd)
-                if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                    raise OutputError(f"output {self.uri}: cannot lock {path} ({_os_reason(e)})") from None
-                holder = _read_lock(path) or {}
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            if e.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                holder = _read_lock(self.path(LOCK)) or {}
                 who = f" (pid {holder['pid']} on {holder.get('host')})" if "pid" in holder else ""
                 raise OutputError(f"output {self.uri} is being written by another bertml run{who}; wait for it, "
                                   "or use another output folder") from None
-            try:
-                same = os.fstat(fd).st_ino == os.stat(path).st_ino
-            except FileNotFoundError:
-                same = False
-            if not same:  # the holder before us unlinked it between our open and our lock
-                os.close(fd)
-                continue
-            me = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()}).encode()
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, me, 0)
-            self._lock_fd = fd
-            return
-        raise OutputError(f"output {self.uri}: could not take the lock {path}")
+            raise OutputError(f"output {self.uri}: cannot lock the folder ({_os_reason(e)}); this filesystem has "
+                              "no flock: use a local disk, or object storage with one run per output") from None
+        self._lock_fd = fd
+        me = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()}
+        try:
+            self.write_json(LOCK, me)
+        except (OSError, OutputError):
+            pass  # the name is only for messages
 
     def unlock(self) -> None:
         if self._lock_fd is not None:
-            _unlink_quietly(self.path(LOCK))  # unlinked while still held: no one can lock a stale name
+            lock = self.path(LOCK)
+            if os.path.isfile(lock) and not os.path.islink(lock) and (_read_lock(lock) or {}).get("pid") == os.getpid():
+                _unlink_quietly(lock)
             os.close(self._lock_fd)
             self._lock_fd = None
 

@@ -36,6 +36,42 @@ _CJK_FONT_HINTS = ("cjk", "hansans", "hanserif", "hei", "song", "ming", "kai", "
                    "droidsansfallback", "uming", "ukai", "unifont")
 
 
+REPORT_FILES = ("metrics.json", "per_label.csv", "report.html", *PLOTS_MULTI, *PLOTS_SINGLE[:1])
+
+
+def check_report_folder(folder: str) -> None:
+    """Refuse, before any scoring, a local report folder whose report files would replace
+    someone else's: one is there (say a `metrics.json` of the user's) and the folder holds
+    no earlier bertml report; or the folder is a file, or is or contains the working or
+    home folder. Other files in the folder are never touched."""
+    from bertml.output import OutputError, resolved, within
+
+    if "://" in folder and not folder.startswith("file://"):
+        return  # object storage: nothing there to be replaced by name without a fingerprint check
+    real = resolved(folder[len("file://"):] if folder.startswith("file://") else folder)
+    for name, other in (("the working folder", os.getcwd()), ("your home folder", os.path.expanduser("~"))):
+        if within(resolved(other), real):
+            raise OutputError(f"report {folder} is or contains {name} ({other}); choose a folder of its own, "
+                              "e.g. report=reports/eval")
+    if not os.path.lexists(real):
+        return
+    if not os.path.isdir(real):
+        raise OutputError(f"report {folder} exists and is not a folder; choose a folder path")
+    taken = [n for n in REPORT_FILES if os.path.lexists(os.path.join(real, n))]
+    if taken and not _is_report(os.path.join(real, "metrics.json")):
+        raise OutputError(f"report {folder} holds {taken[0]!r}, which is not from a bertml report; bertml never "
+                          "overwrites files it did not write: choose a new or empty folder")
+
+
+def _is_report(path: str) -> bool:
+    try:
+        with open(path, encoding="utf-8") as f:
+            m = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return isinstance(m, dict) and {"fingerprint", "problem_type", "rows"} <= set(m)
+
+
 def write_report(folder: str, summary: dict, per_label: dict, s: Scored, max_plot_labels: int = 20) -> list[str]:
     """Write every report file into `folder`; returns their names."""
     os.makedirs(folder, exist_ok=True)

@@ -58,7 +58,7 @@ def init_ray(num_cpus: int | None = None):
         log.info("started local Ray: %s", ray.cluster_resources())
     quiet_ray_loggers()
     if os.environ.get("BERTML_CATCH_SIGNALS"):  # set by the CLI; a library caller keeps its own handlers
-        catch_signals()
+        catch_signals()  # ray.init installed its own SIGTERM handler (sys.exit(15)); the CLI maps that too
     return ray
 
 

@@ -45,7 +45,7 @@ from bertml.output import (
     OutputDir,
     OutputError,
     output_name,
-    resolved,
+    same_or_below,
     within,
 )
 from bertml.scorer import (
@@ -174,7 +174,8 @@ def read_columns(info: sh.ShardInfo, columns: list[str], groups: range | None = 
     with info.shard.fs.open_input_file(info.shard.path) as f:
         _check_unchanged(info, f)
         pf = pq.ParquetFile(f)
-        return pf.read(columns=columns) if groups is None else pf.read_row_groups(list(groups), columns=columns)
+        t = pf.read(columns=columns) if groups is None else pf.read_row_groups(list(groups), columns=columns)
+        return t.select(columns)  # by exact name: "a.b" also selects struct a's child b by path
 
 
 def _check_unchanged(info: sh.ShardInfo, f) -> None:
@@ -220,7 +221,7 @@ def score(cfg: ScoreConfig, _fault: dict | None = None) -> ScoreSummary:
     t0 = time.perf_counter()
     cluster.resolve_outputs(cfg, ["output"])  # `ray job submit --working-dir`: say where relative output goes
     local_ckpt = ckpt_io.localize(cfg.checkpoint)  # s3://... -> cached local copy (workers fetch their own)
-    meta = ckpt_io.read_meta(local_ckpt)  # all checks before Ray starts
+    meta = ckpt_io.validate(local_ckpt, cfg.trust_remote_code)  # all checks before Ray starts
     max_length = cfg.max_length or meta.max_length
     ckpt_io.check_max_length(local_ckpt, max_length)
     _check_window(cfg, local_ckpt, max_length)
@@ -245,18 +246,20 @@ def score(cfg: ScoreConfig, _fault: dict | None = None) -> ScoreSummary:
         )
     for b in bad:
         log.warning("skipping bad shard %s", b["error"])
-    _refuse_files_in_the_way(out, names)
 
     out.create()
     out.lock()
     try:
-        _refuse_files_in_the_way(out, names)  # again, now that no other run can write here
+        found = out.existing(names)  # under the lock: no other run writes here now
+        _refuse_files_in_the_way(out, [n for n, m in found.items() if m is None]
+                                 + ([] if out.manifest_is_ours() else [MANIFEST]))
         if cfg.overwrite:
             out.clear()
         out.clean_tmp()
         summary = ScoreSummary(output=redact(cfg.output), shards_skipped=bad)
         options = output_options(cfg, max_length)
-        done = _resumable(out, good, fingerprint, options) if cfg.resume and not cfg.overwrite else [False] * len(good)
+        done = _resumable(out, good, found, fingerprint, options) if cfg.resume and not cfg.overwrite \
+            else [False] * len(good)
         todo = [info for info, d in zip(good, done) if not d]
         summary.shards_resumed = len(good) - len(todo)
         schema_meta = {META_LABELS: _json(meta.labels), META_CHECKPOINT: _ckpt_name(cfg.checkpoint).encode(),
@@ -317,35 +320,35 @@ def check_output_paths(out: OutputDir, cfg: ScoreConfig, shards: list[sh.Shard],
     outputs = [root, out.path("x.parquet")]
     for s in shards:
         try:
-            outputs.append(out.path(output_name(s.key)))
+            name = output_name(s.key)
         except OutputError:
-            pass  # flagged as a bad shard later
+            continue  # flagged as a bad shard later
+        outputs.append(out.path(name))  # refuses a symlinked folder that leads out of the output
     for spec in [cfg.input] if isinstance(cfg.input, str) else cfg.input:
-        if any(sh.lists(spec, out.fs, p) for p in outputs):
+        names = sh.lister(spec, out.fs)
+        if any(names(p) for p in outputs):
             raise OutputError(f"output {redact(cfg.output)} lies inside the input {redact(spec)}: the next run would read its "
                               "files back as input; choose an output folder outside the input")
     for s in shards:
-        if s.fs.type_name == out.fs.type_name and within(resolved(s.path) if out.local else s.path, root):
+        if s.fs.type_name == out.fs.type_name and (same_or_below(s.path, root) if out.local else within(s.path, root)):
             raise OutputError(f"output {redact(cfg.output)} contains the input file {s.uri}; choose an output folder "
                               "that holds no input")
     if not out.local:
         return
     for what, folder in (("the working folder", os.getcwd()), ("your home folder", os.path.expanduser("~"))):
-        if within(resolved(folder), root):
+        if same_or_below(folder, root):
             raise OutputError(f"output {redact(cfg.output)} is or contains {what} ({folder}); choose a folder of its own, "
                               "e.g. output=scored/")
-    ck = resolved(checkpoint)
-    if within(root, ck) or within(ck, root):
+    if same_or_below(root, checkpoint) or same_or_below(checkpoint, root):
         raise OutputError(f"output {redact(cfg.output)} and the checkpoint {redact(cfg.checkpoint)} overlap; choose an output "
                           "folder outside the checkpoint")
 
 
-def _refuse_files_in_the_way(out: OutputDir, names: list[str]) -> None:
+def _refuse_files_in_the_way(out: OutputDir, blocked: list[str]) -> None:
     """A file at an output name that bertml did not write stops the run (it is never replaced,
     with or without overwrite=true)."""
-    blocked = out.in_the_way(names)
     if blocked:
-        raise OutputError(f"{out.path(blocked[0])} is in the way: it is not a bertml output (no bertml fingerprint), "
+        raise OutputError(f"{out.path(blocked[0])} is in the way: it is not a bertml output (unreadable, or no bertml fingerprint), "
                           f"and a shard's output would replace it ({len(blocked)} such file(s)). Move it away, or "
                           "choose another output folder; bertml never overwrites files it did not write")
 
@@ -389,41 +392,38 @@ def input_identity(info: sh.ShardInfo) -> dict:
     return {"rows": info.num_rows, "bytes": info.shard.size}
 
 
-def _resumable(out: OutputDir, infos: list[sh.ShardInfo], fingerprint: str, options: dict) -> list[bool]:
-    """Per input shard: True when its committed output can be kept (footers read in parallel).
+def _resumable(out: OutputDir, infos: list[sh.ShardInfo], found: dict[str, dict], fingerprint: str,
+               options: dict) -> list[bool]:
+    """Per input shard: True when its committed output can be kept (`found`: the metadata of
+    the bertml outputs already there, from `OutputDir.existing`).
 
     Kept: same checkpoint, same options, same input (rows and bytes). An input shard
     rewritten since (a nightly file reused under its name) is scored again. Another
     checkpoint or other options stop the run: the folder would mix two kinds of output.
     """
-    from concurrent.futures import ThreadPoolExecutor
 
     def one(info: sh.ShardInfo) -> bool:
         name = output_name(info.shard.key)
-        try:
-            found = out.read_meta(name)  # one request per shard; existence checked only on failure
-        except Exception as e:  # noqa: BLE001 - object stores raise OSError, not FileNotFoundError, for a missing key
-            if not out.exists(name):
-                return False
-            raise OutputError(f"{out.path(name)}: existing output is unreadable ({e}); use overwrite=true") from None
-        was = found.get(META_FINGERPRINT, b"").decode()
+        if name not in found:
+            return False
+        meta = found[name]
+        was = meta.get(META_FINGERPRINT, b"").decode()
         if was != fingerprint:
             raise OutputError(
                 f"{out.path(name)} was scored by another checkpoint ({was or 'unknown'}, now {fingerprint}); "
                 "use overwrite=true to re-score everything, or a new output folder"
             )
-        if META_OPTIONS in found and (old := json.loads(found[META_OPTIONS])) != options:
+        if META_OPTIONS in meta and (old := json.loads(meta[META_OPTIONS])) != options:
             diff = ", ".join(f"{k}: {old.get(k)!r} -> {options.get(k)!r}" for k in sorted(set(old) | set(options))
                              if old.get(k) != options.get(k))
             raise OutputError(f"{out.path(name)} was scored with other options ({diff}); "
                               "use overwrite=true to re-score everything, or a new output folder")
-        if META_INPUT in found and json.loads(found[META_INPUT]) != input_identity(info):
+        if META_INPUT in meta and json.loads(meta[META_INPUT]) != input_identity(info):
             log.info("%s changed since it was scored: scoring it again", info.shard.uri)
             return False
         return True
 
-    with ThreadPoolExecutor(max_workers=min(16, max(1, len(infos)))) as pool:
-        return list(pool.map(one, infos))
+    return [one(info) for info in infos]
 
 
 def _run_pipeline(cfg: ScoreConfig, todo: list[sh.ShardInfo], max_length: int, committer) -> None:

@@ -134,26 +134,44 @@ def _glob(fs: pafs.FileSystem, pattern: str, what: str, spec: str) -> tuple[str,
     """(root, files) for a glob (see `_glob_pattern`)."""
     root, rx = _glob_pattern(fs, pattern, what, spec)
     infos = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
-    return root, [i for i in infos if i.is_file and rx.match(i.path)]
+    # A folder the glob matches stands for its files, as Spark's `x.parquet/part-*` folders do.
+    folders = [i.path.rstrip("/") + "/" for i in infos if i.type == pafs.FileType.Directory and rx.match(i.path)]
+    return root, [i for i in infos if i.is_file and (rx.match(i.path) or any(i.path.startswith(f) for f in folders))]
 
 
-def lists(spec: str, fs: pafs.FileSystem, path: str) -> bool:
-    """Whether input `spec` names `path` on `fs`, now or once a file is written there: `path`
-    is the spec's file, lies in its folder, or matches its glob. Local paths compare resolved
-    (symlinks, `..`), so a folder reached through a link is the folder it leads to."""
+def lister(spec: str, fs: pafs.FileSystem):
+    """A test `path -> bool`: whether input `spec` names `path` on `fs`, now or once a file is
+    written there: `path` is the spec's file, lies in its folder (or in a folder a symlink
+    inside it leads to), or matches its glob. Local paths compare resolved, and by inode (a
+    bind mount of the input folder is the input folder)."""
+    from bertml.output import same_or_below
+
     sfs, p, _ = split_uri(spec, "input")
     if sfs.type_name != fs.type_name:
-        return False
-    real = os.path.realpath if isinstance(sfs, pafs.LocalFileSystem) else (lambda x: x)
+        return lambda path: False
+    local = isinstance(sfs, pafs.LocalFileSystem)
     kind = sfs.get_file_info(p).type
     if kind == pafs.FileType.NotFound and any(c in p for c in _GLOB):
         root, _ = _glob_pattern(sfs, p, "input", spec)
-        _, rx = _glob_pattern(sfs, real(root) + p[len(root):], "input", spec)
-        return rx.match(path) is not None
-    p = real(p).rstrip("/") or "/"
+        if local:
+            root, p = os.path.realpath(root), os.path.realpath(root) + p[len(root):]
+        _, rx = _glob_pattern(sfs, p, "input", spec)
+        return lambda path: rx.match(path) is not None
+    if not local:
+        p = p.rstrip("/")
+        return lambda path: path == p or (kind != pafs.FileType.File and path.startswith(p + "/"))
     if kind == pafs.FileType.File:
-        return path == p
-    return path == p or path.startswith(p.rstrip("/") + "/")  # a folder (or a prefix not yet listed)
+        return lambda path: os.path.realpath(path) == os.path.realpath(p)
+    folders = [p, *_linked_folders(p)]  # listing follows links to folders
+    return lambda path: any(same_or_below(path, f) for f in folders)
+
+
+def _linked_folders(folder: str) -> list[str]:
+    """Targets of the symlinks to folders inside a local `folder` tree (one level of links)."""
+    out = []
+    for top, dirs, _ in os.walk(folder):
+        out += [os.path.realpath(os.path.join(top, d)) for d in dirs if os.path.islink(os.path.join(top, d))]
+    return out
 
 
 def resolve(spec: str | list[str], what: str = "input") -> list[Shard]:
@@ -196,8 +214,8 @@ def inspect(shard: Shard) -> ShardInfo:
             meta = pq.ParquetFile(f).metadata
             groups = tuple(meta.row_group(g).num_rows for g in range(meta.num_row_groups))
             schema = meta.schema.to_arrow_schema()
-    except (pa.ArrowInvalid, OSError, pa.ArrowException) as e:
-        raise InputError(f"{shard.uri}: not a readable Parquet file ({str(e).splitlines()[0]})") from None
+    except (pa.ArrowException, OSError, ValueError) as e:  # ValueError: e.g. a column name that is not UTF-8
+        raise InputError(f"{shard.uri}: not a readable Parquet file ({(str(e).splitlines() or [type(e).__name__])[0]})") from None
     if sum(groups) != meta.num_rows or any(n < 0 for n in groups):
         raise InputError(f"{shard.uri}: its footer says {meta.num_rows} rows but its row groups hold {sum(groups)}; "
                          "the file is damaged, rewrite it")

@@ -29,6 +29,7 @@ from bertml import faults, metrics
 from bertml.config import TrainConfig, from_dict, to_dict
 from bertml.labels import LabelSet
 from bertml.model import build_model, device_autocast, load_tokenizer, logits_to_probs, loss_fn
+from bertml.output import resolved
 from bertml.secrets import redact
 from bertml.tokenization import tokenize_for_training
 from bertml.train_data import TARGETS, TEXT
@@ -497,7 +498,7 @@ def _finalize(best, cfg: TrainConfig) -> str:
     remote = ckpt_io.is_uri(cfg.run.output)
     if not remote:
         check_output(cfg)  # again: the folder may have changed during training
-    dest = os.path.abspath(os.path.expanduser(cfg.run.output)) if not remote else cfg.run.output
+    dest = resolved(cfg.run.output) if not remote else cfg.run.output  # the path check_output checked
     tmp = os.path.join(tempfile.mkdtemp(prefix="bertml-final-"), "model") if remote else ckpt_io.sibling_tmp(dest)
     try:
         with best.as_directory() as d:

@@ -111,8 +111,29 @@ def summarize(cfg: DataConfig, seed: int) -> tuple[DataSummary, list[sh.ShardInf
             f"validation data {where}, column {cfg.labels_column!r}: labels {only_val[:5]} never occur in the "
             "training data, so the model cannot learn them; add training examples or drop them"
         )
+    _check_label_set(cfg, train_counts, n_train)
     labels = LabelSet.from_counts(train_counts, multi_label=cfg.problem_type == "multi_label")
     return DataSummary(labels, n_train, n_val, dict(train_counts), dict(val_counts)), train_infos, val_infos
+
+
+def _check_label_set(cfg: DataConfig, counts: Counter, n_train: int) -> None:
+    """Refuse label sets that train a model with nothing to learn."""
+    where = f"data.train {cfg.train}, column {cfg.labels_column!r}"
+
+    def binary(x: str) -> str:
+        return f"; a binary tagger (is it {x}?) is data.problem_type=multi_label with labels [{x!r}] on positive rows and [] on negative ones"
+
+    if not counts:
+        raise sh.InputError(f"{where}: no training row has a label, so there is nothing to learn; "
+                            f"put label names in the column{binary('spam')}")
+    if cfg.problem_type == "single_label" and len(counts) == 1:
+        (name,) = counts
+        raise sh.InputError(f"{where}: every training row has the class {name!r}; single_label needs at least 2 "
+                            f"classes{binary(name)}")
+    if cfg.problem_type == "multi_label" and len(counts) == 1 and next(iter(counts.values())) == n_train:
+        (name,) = counts
+        raise sh.InputError(f"{where}: every training row has the only label {name!r}, so there are no negative "
+                            f"examples; add rows without it (labels []) for a binary tagger")
 
 
 class _EncodeRows:

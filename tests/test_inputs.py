@@ -78,11 +78,11 @@ def test_uris_with_globs_spaces_and_options_parse_or_fail_clearly():
 def test_output_inside_the_input_is_recognised_through_uri_options():
     """URI options (?region=...) do not hide that an output lies inside the input."""
     fs, _, _ = sh.split_uri("mock:///bucket/data/out?opt=1", "output", glob=False)
-    assert sh.lists("mock:///bucket/data", fs, "bucket/data/out")
-    assert sh.lists("mock:///bucket/data?opt=1", fs, "bucket/data/out/a.parquet")
-    assert not sh.lists("mock:///bucket/data", fs, "bucket/data-2/out")
-    assert sh.lists("mock:///bucket/data/**/*.parquet", fs, "bucket/data/out/a.parquet")
-    assert not sh.lists("mock:///bucket/data/*.parquet", fs, "bucket/data/out/a.parquet")
+    assert sh.lister("mock:///bucket/data", fs)("bucket/data/out")
+    assert sh.lister("mock:///bucket/data?opt=1", fs)("bucket/data/out/a.parquet")
+    assert not sh.lister("mock:///bucket/data", fs)("bucket/data-2/out")
+    assert sh.lister("mock:///bucket/data/**/*.parquet", fs)("bucket/data/out/a.parquet")
+    assert not sh.lister("mock:///bucket/data/*.parquet", fs)("bucket/data/out/a.parquet")
 
 
 def test_home_relative_output_is_expanded(tmp_path, monkeypatch):

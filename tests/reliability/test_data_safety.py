@@ -152,6 +152,106 @@ def test_cleanup_and_overwrite_never_follow_a_symlink_out_of_the_output(multi_ck
     assert _snapshot(tmp_path / "elsewhere") == before
 
 
+def test_evaluate_never_replaces_a_users_files_in_the_report_folder(multi_ckpt, tmp_path, no_ray, monkeypatch):
+    from bertml.evaluate import EvalConfig, evaluate_checkpoint
+
+    _zero_rows(tmp_path / "in" / "a.parquet")
+    report = tmp_path / "report"
+    report.mkdir()
+    (report / "metrics.json").write_text('{"my": "numbers"}')
+    with pytest.raises(OutputError, match="holds 'metrics.json', which is not from a bertml report"):
+        evaluate_checkpoint(EvalConfig(checkpoint=multi_ckpt, data=str(tmp_path / "in"), report=str(report)))
+    assert (report / "metrics.json").read_text() == '{"my": "numbers"}' and os.listdir(report) == ["metrics.json"]
+    monkeypatch.chdir(report)
+    with pytest.raises(OutputError, match="is or contains the working folder"):
+        evaluate_checkpoint(EvalConfig(checkpoint=multi_ckpt, data=str(tmp_path / "in"), report="."))
+
+
+def test_links_and_neighbours_in_the_output_folder_are_never_written_through(multi_ckpt, tmp_path, no_ray):
+    """A `_bertml.lock` symlink to a user's file, a user's own `_bertml_manifest.json`, a
+    symlinked subfolder leading out of the output, and a nested folder that is another run's
+    output: none is written through, replaced or swept."""
+    _zero_rows(tmp_path / "in" / "a.parquet")
+    out = tmp_path / "out"
+    out.mkdir()
+    (tmp_path / "precious.txt").write_text("mine")
+    os.symlink(tmp_path / "precious.txt", out / LOCK)
+    score(score_cfg(multi_ckpt, str(tmp_path / "in"), str(out)))
+    assert (tmp_path / "precious.txt").read_text() == "mine"
+
+    out2 = tmp_path / "out2"
+    out2.mkdir()
+    (out2 / "_bertml_manifest.json").write_text('{"mine": "notes"}')
+    with pytest.raises(OutputError, match="_bertml_manifest.json is in the way"):
+        score(score_cfg(multi_ckpt, str(tmp_path / "in"), str(out2), overwrite=True))
+    assert (out2 / "_bertml_manifest.json").read_text() == '{"mine": "notes"}'
+
+    _zero_rows(tmp_path / "in3" / "2024" / "a.parquet")
+    (tmp_path / "out3").mkdir()
+    os.symlink(tmp_path / "elsewhere", tmp_path / "out3" / "2024")
+    (tmp_path / "elsewhere").mkdir()
+    with pytest.raises(OutputError, match="a symlinked folder on the way leads outside the output folder"):
+        score(score_cfg(multi_ckpt, str(tmp_path / "in3"), str(tmp_path / "out3")))
+    assert os.listdir(tmp_path / "elsewhere") == []
+
+    _zero_rows(tmp_path / "in4" / "z.parquet")
+    score(score_cfg(multi_ckpt, str(tmp_path / "in4"), str(tmp_path / "parent" / "nested")))
+    (tmp_path / "parent" / "nested" / ".y.parquet.tmp-0123abcd").write_bytes(b"")
+    before = _snapshot(tmp_path / "parent" / "nested")
+    score(score_cfg(multi_ckpt, str(tmp_path / "in"), str(tmp_path / "parent"), overwrite=True))
+    assert _snapshot(tmp_path / "parent" / "nested") == before
+
+
+def test_a_file_that_appears_at_an_output_name_during_the_run_is_not_replaced(tmp_path):
+    out = OutputDir(str(tmp_path / "out"))
+    out.create()
+    (tmp_path / "out" / "a.parquet").write_text("a user's file, written while the shard was scored")
+    with pytest.raises(OutputError, match="appeared during the run and is not a bertml output"):
+        out.commit("a.parquet", pa.table({"x": [1]}))
+    assert (tmp_path / "out" / "a.parquet").read_text().startswith("a user's file")
+    assert hidden_files(str(tmp_path / "out")) == []
+
+
+def test_an_input_reached_through_a_link_or_a_bind_mount_is_still_the_input(multi_ckpt, tmp_path, no_ray):
+    """A symlinked folder inside the input that leads above the output, and a bind mount of the
+    input folder: the output would be read back as input, so both are refused on the first run."""
+    _zero_rows(tmp_path / "in" / "a.parquet")
+    (tmp_path / "ext").mkdir()
+    os.symlink(tmp_path / "ext", tmp_path / "in" / "ext")
+    with pytest.raises(OutputError, match="lies inside the input"):
+        score(score_cfg(multi_ckpt, str(tmp_path / "in"), str(tmp_path / "ext" / "out")))
+    os.unlink(tmp_path / "in" / "ext")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    if subprocess.run(["mount", "--bind", str(tmp_path / "in"), str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot bind-mount here (not root, or no CAP_SYS_ADMIN)")
+    try:
+        with pytest.raises(OutputError, match="lies inside the input"):
+            score(score_cfg(multi_ckpt, str(tmp_path / "in"), str(mnt / "out")))
+        assert os.listdir(tmp_path / "in") == ["a.parquet"]
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def test_a_glob_matching_a_spark_style_folder_scores_its_files(multi_ckpt, tmp_path, no_ray):
+    _zero_rows(tmp_path / "in" / "x.parquet" / "part-0.parquet")
+    _zero_rows(tmp_path / "in" / "y.parquet")
+    summary = score(score_cfg(multi_ckpt, str(tmp_path / "in" / "*.parquet"), str(tmp_path / "out")))
+    assert summary.shards_scored == 2
+    assert committed_files(str(tmp_path / "out")) == [os.path.join("x.parquet", "part-0.parquet"), "y.parquet"]
+
+
+def test_a_dotted_id_column_is_copied_alone(multi_ckpt, tmp_path, no_ray):
+    """`a.b` also names struct `a`'s child by Parquet path: only the column named `a.b` is kept."""
+    os.makedirs(tmp_path / "in")
+    t = pa.Table.from_arrays([pa.array([], pa.string()), pa.array([], pa.struct([("b", pa.int64())])),
+                              pa.array([], pa.string())], names=["a.b", "a", "text"])
+    pq.write_table(t, tmp_path / "in" / "s.parquet")
+    score(score_cfg(multi_ckpt, str(tmp_path / "in"), str(tmp_path / "out"), id_column="a.b"))
+    names = pq.read_schema(tmp_path / "out" / "s.parquet").names
+    assert names[0] == "a.b" and "a" not in names
+
+
 # ----------------------------------------------------------------------------- training outputs
 
 
@@ -177,14 +277,50 @@ def test_training_output_that_is_the_working_folder_or_holds_other_files_is_refu
     foreign = tmp_path / "photos"
     foreign.mkdir()
     (foreign / "cat.jpg").write_bytes(b"\xff\xd8")
+    lookalike = tmp_path / "lookalike"  # a checkpoint plus files whose names merely look like one's
+    shutil.copytree(_make_ckpt_like(tmp_path), lookalike)
+    (lookalike / "vocab-list-final.xlsx").write_bytes(b"PK")
+    (lookalike / "grandma.model").write_bytes(b"")
     cases = {".": "is or contains the working folder", str(tmp_path): "is or contains the working folder",
              str(foreign): "is not empty and does not hold a bertml checkpoint",
+             str(lookalike): "is not empty and does not hold a bertml checkpoint",
              str(tmp_path / "runs" / "x"): "overlaps run.storage_path", tiny_encoder: "overlaps the encoder",
              str(work / "thesis.tex"): "is not a folder"}
     for output, why in cases.items():
         with pytest.raises(CheckpointError, match=why):
             train(_train_cfg(tmp_path, tiny_encoder, output))
     assert (work / "thesis.tex").read_text() == "years of work" and os.listdir(foreign) == ["cat.jpg"]
+    assert (lookalike / "vocab-list-final.xlsx").exists() and (lookalike / "grandma.model").exists()
+
+
+def _make_ckpt_like(tmp_path):
+    """A folder with a checkpoint's file names (contents do not matter to the destination check)."""
+    d = tmp_path / "ckpt-like"
+    d.mkdir(exist_ok=True)
+    for name in ("bertml.json", "config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"):
+        (d / name).write_text("{}")
+    return d
+
+
+def test_a_symlink_then_dotdot_in_run_output_checks_and_writes_the_same_folder(tmp_path, tiny_encoder, multi_ckpt,
+                                                                               monkeypatch):
+    """run.output=w/link/../victim: checked as the resolved path but written, before, to the
+    textual one, whose contents (a user's thesis) were then removed."""
+    import ray.train
+
+    from bertml.train import _finalize, check_output
+
+    w = tmp_path / "w"
+    (w / "deep" / "sub").mkdir(parents=True)
+    (w / "victim").mkdir()
+    (w / "victim" / "thesis.docx").write_text("precious")
+    os.symlink(w / "deep" / "sub", w / "link")
+    monkeypatch.chdir(tmp_path)
+    cfg = _train_cfg(tmp_path, tiny_encoder, str(w / "link" / ".." / "victim"))
+    check_output(cfg)
+    assert _finalize(ray.train.Checkpoint.from_directory(multi_ckpt), cfg) == str(w / "deep" / "victim")
+    assert os.listdir(w / "victim") == ["thesis.docx"]
+    assert os.path.exists(w / "deep" / "victim" / "bertml.json")
 
 
 def test_final_checkpoint_is_assembled_beside_the_destination_and_replaces_only_a_checkpoint(tmp_path, tiny_encoder,
@@ -255,6 +391,20 @@ def test_two_processes_racing_for_the_lock_are_never_both_admitted(tmp_path, sta
     assert not os.path.exists(os.path.join(folder, LOCK))
 
 
+def test_deleting_the_lock_file_does_not_admit_a_second_writer(tmp_path):
+    """A clean-up job deleting `_bertml.lock` while a run holds the lock: the lock is on the
+    folder itself, so a second run is still refused."""
+    folder = str(tmp_path / "out")
+    os.makedirs(folder)
+    first = OutputDir(folder)
+    first.lock()
+    os.unlink(os.path.join(folder, LOCK))
+    with pytest.raises(OutputError, match="being written by another bertml run"):
+        OutputDir(folder).lock()
+    first.unlock()
+    OutputDir(folder).lock()
+
+
 def test_the_lock_dies_with_its_holder(tmp_path):
     """A holder killed with SIGKILL leaves the file but not the lock: the next run takes it."""
     folder = str(tmp_path / "out")
@@ -321,11 +471,20 @@ def _duplicate_id_column(path: str) -> None:
     pq.write_table(t, path)
 
 
+def _column_name_not_utf8(path: str) -> None:
+    pq.write_table(pa.table({"id": ["u1"], "text": ["a goal"], "zqzq": [1]}), path)
+    data = open(path, "rb").read()
+    assert data.count(b"zqzq") >= 1
+    with open(path, "wb") as f:
+        f.write(data.replace(b"zqzq", b"\xff\xfe\xff\xfe"))
+
+
 MALFORMED = {
     "footer rows disagree with row groups": (_footer_rows_disagree, "footer says 12 rows but its row groups hold 10"),
     "row group rows disagree with pages": (_pages_disagree, ""),
     "text column twice": (_duplicate_text_column, "column 'text' appears 2 times"),
     "id column twice": (_duplicate_id_column, "column 'id' appears 2 times"),
+    "column name not UTF-8": (_column_name_not_utf8, "not a readable Parquet file"),
 }
 
 

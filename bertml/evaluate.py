@@ -270,6 +270,8 @@ def evaluate_checkpoint(cfg: EvalConfig) -> dict:
     t0 = time.perf_counter()
     cluster.resolve_outputs(cfg, ["report"])
     check_report_folder(cfg.report)
+    if ckpt_io.is_uri(cfg.report):
+        check_report_prefix(cfg.report)
     s = score_labelled(cfg.score_config(), cfg.labels_column, cfg.label_delimiter, cfg.unknown_labels)
     if not len(s.probs):
         raise InputError(f"data {redact(cfg.data)}: all {s.rows} rows are empty (no text); nothing to evaluate")
@@ -310,18 +312,13 @@ def upload_report(local: str, names: list[str], uri: str) -> None:
     """Put the report files at `uri` (object storage), replacing a previous report's files;
     `scored/` and anything else under the prefix are left alone. Each object appears only
     when its upload completes; report.html goes last."""
-    import pyarrow.fs as pafs
 
-    from bertml.output import OutputError
-    from bertml.report import PLOTS_MULTI, PLOTS_SINGLE, REPORT_FILES
+    from bertml.report import PLOTS_MULTI, PLOTS_SINGLE
     from bertml.shards import split_uri
 
     fs, root, _ = split_uri(uri, "report", glob=False)
     root = root.rstrip("/")
-    present = [i.path for i in fs.get_file_info([f"{root}/{n}" for n in REPORT_FILES]) if i.type == pafs.FileType.File]
-    if present and not _is_bertml_report(fs, f"{root}/metrics.json"):  # as check_report_folder, for a prefix
-        raise OutputError(f"report {redact(uri)} holds {os.path.basename(present[0])!r}, which is not from a bertml "
-                          "report; bertml never overwrites files it did not write: choose a new or empty prefix")
+    present = check_report_prefix(uri)
     stale = {"metrics.json", "per_label.csv", "report.html", *PLOTS_MULTI, *PLOTS_SINGLE} - set(names)
     for path in present:
         if os.path.basename(path) in stale:
@@ -329,6 +326,24 @@ def upload_report(local: str, names: list[str], uri: str) -> None:
     for name in sorted(names, key=lambda n: n == "report.html"):
         with open(os.path.join(local, name), "rb") as f, fs.open_output_stream(f"{root}/{name}") as o:
             o.write(f.read())
+
+
+def check_report_prefix(uri: str) -> list[str]:
+    """Object-storage `check_report_folder`: refuse a prefix whose report-named objects are not
+    an earlier bertml report's; returns the report objects there (to be replaced)."""
+    import pyarrow.fs as pafs
+
+    from bertml.output import OutputError
+    from bertml.report import REPORT_FILES
+    from bertml.shards import split_uri
+
+    fs, root, _ = split_uri(uri, "report", glob=False)
+    root = root.rstrip("/")
+    present = [i.path for i in fs.get_file_info([f"{root}/{n}" for n in REPORT_FILES]) if i.type == pafs.FileType.File]
+    if present and not _is_bertml_report(fs, f"{root}/metrics.json"):
+        raise OutputError(f"report {redact(uri)} holds {os.path.basename(present[0])!r}, which is not from a bertml "
+                          "report; bertml never overwrites files it did not write: choose a new or empty prefix")
+    return present
 
 
 def _is_bertml_report(fs, path: str) -> bool:

@@ -1,0 +1,31 @@
+"""Credential redaction and URI joins (no Ray, no server)."""
+
+import pytest
+
+from bertml.secrets import has_secret, redact
+from bertml.shards import join_uri
+
+
+@pytest.mark.parametrize("uri, shown", [
+    ("s3://AKIDEXAMPLE:SECRETEXAMPLE@bucket/in/", "s3://***@bucket/in/"),
+    ("gs://bucket/x?access_token=TOKEN1&project=p", "gs://bucket/x?access_token=***&project=p"),
+    ("s3://b/x?endpoint_override=h:9000&access_key=AK&secret_key=SK&session_token=ST",
+     "s3://b/x?endpoint_override=h:9000&access_key=***&secret_key=***&session_token=***"),
+    ("error reading s3://u:p@b/k (denied)", "error reading s3://***@b/k (denied)"),
+    ("s3://bucket/plain?scheme=http", "s3://bucket/plain?scheme=http"),
+    ("/local/path", "/local/path"),
+])
+def test_redact_masks_uri_credentials_only(uri, shown):
+    assert redact(uri) == shown
+    assert has_secret(uri) == (uri != shown)
+
+
+def test_redact_walks_configs():
+    cfg = {"input": ["s3://k:s@b/a", "/x"], "run": {"output": "s3://b/o?secret_key=S"}, "n": 3}
+    assert redact(cfg) == {"input": ["s3://***@b/a", "/x"], "run": {"output": "s3://b/o?secret_key=***"}, "n": 3}
+
+
+def test_join_uri_keeps_options_at_the_end():
+    assert join_uri("s3://b/r?endpoint_override=h:1&scheme=http", "scored") == "s3://b/r/scored?endpoint_override=h:1&scheme=http"
+    assert join_uri("s3://b/r/", "a", "b.json") == "s3://b/r/a/b.json"
+    assert join_uri("/tmp/r", "scored") == "/tmp/r/scored"

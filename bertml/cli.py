@@ -137,6 +137,7 @@ def _run(name: str, cmd: Command, cfg) -> int:
     2 for a problem to fix, 128 + the signal's number when stopped (143 SIGTERM, 130 SIGINT)."""
     import os
     import signal
+    import threading
 
     from bertml.checkpoint import CheckpointError
     from bertml.cluster import ClusterPathError
@@ -146,6 +147,9 @@ def _run(name: str, cmd: Command, cfg) -> int:
     from bertml.runtime import Interrupted, catch_signals
     from bertml.shards import InputError
 
+    main_thread = threading.current_thread() is threading.main_thread()
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)} if main_thread else {}
+    ray_was_up = "ray" in sys.modules and sys.modules["ray"].is_initialized()  # then it is the caller's Ray
     os.environ["BERTML_CATCH_SIGNALS"] = "1"
     catch_signals()
     try:
@@ -168,17 +172,23 @@ def _run(name: str, cmd: Command, cfg) -> int:
               file=sys.stderr)
         return 2
     finally:
-        _shutdown_ray()
+        if not ray_was_up:
+            _shutdown_ray(main_thread)
+        os.environ.pop("BERTML_CATCH_SIGNALS", None)
+        for sig, handler in before.items():  # as the caller had them (main() may run inside another program)
+            signal.signal(sig, handler)
 
 
-def _shutdown_ray() -> None:
-    """Leave no Ray processes behind: stop an embedded Ray (or disconnect from a cluster)."""
+def _shutdown_ray(main_thread: bool) -> None:
+    """Leave no Ray processes behind: stop the embedded Ray this run started (or disconnect
+    from the cluster it joined)."""
     import signal
 
     if "ray" not in sys.modules:
         return
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second signal must not cut the shutdown short
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if main_thread:  # a second signal must not cut the shutdown short
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     import ray
 
     if ray.is_initialized():

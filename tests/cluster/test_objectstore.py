@@ -9,8 +9,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import signal
-import subprocess
 import sys
 
 import numpy as np
@@ -120,7 +118,7 @@ def test_driver_killed_mid_run_on_s3_then_rerun_equals_uninterrupted(ray_local, 
     (objects are written directly: an unfinished upload is never visible); the re-run
     resumes and the output equals an uninterrupted run's."""
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "reliability"))
-    from relkit import kill_processes, session_processes
+    from relkit import run_until_killed
 
     ids = put_corpus(bucket)
     base = {"checkpoint": s3_ckpt, "input": bucket.uri("in/"), "batch_size": 16}
@@ -128,18 +126,8 @@ def test_driver_killed_mid_run_on_s3_then_rerun_equals_uninterrupted(ray_local, 
     whole = read_prefix(bucket, "whole/")
 
     fault = {"point": "score_commit", "committed": 2, "mode": "kill", "marker": str(tmp_path / "fired")}
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    child = subprocess.Popen([sys.executable, "-c", _CHILD, json.dumps({**base, "output": bucket.uri("killed")}),
-                              json.dumps(fault)], env=env, start_new_session=True,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        _, err = child.communicate(timeout=240)
-        assert child.returncode == -signal.SIGKILL, err.decode(errors="replace")[-3000:]
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
-        kill_processes(session_processes(child.pid))
+    run_until_killed([sys.executable, "-c", _CHILD, json.dumps({**base, "output": bucket.uri("killed")}),
+                      json.dumps(fault)])
     assert bucket.keys("killed/") == ["killed/part-000.parquet", "killed/part-001.parquet"]  # no temp, no manifest
 
     summary = score(ScoreConfig(**base, output=bucket.uri("killed")))

@@ -137,6 +137,25 @@ def session_processes(sid: int) -> list[psutil.Process]:
     return out
 
 
+def run_until_killed(argv: list[str], timeout: float = 240) -> int:
+    """Run a driver process (no RAY_ADDRESS: its own local Ray, in a new session) that an
+    injected fault SIGKILLs; assert it died so, end every Ray process it left behind, and
+    return its pid (that session's id)."""
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    child = subprocess.Popen(argv, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        _, err = child.communicate(timeout=timeout)
+        assert child.returncode == -signal.SIGKILL, err.decode(errors="replace")[-3000:]
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        kill_processes(session_processes(child.pid))  # raylet/gcs/workers orphaned by SIGKILL
+    return child.pid
+
+
 def kill_processes(procs) -> None:
     for p in procs:
         try:

@@ -3,7 +3,6 @@
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 
@@ -15,9 +14,9 @@ from relkit import (
     assert_same_scores,
     committed_files,
     hidden_files,
-    kill_processes,
     ray_workers,
     read_output,
+    run_until_killed,
     score_cfg,
     session_processes,
     wait_for,
@@ -86,21 +85,10 @@ def test_driver_killed_mid_run_then_rerun_equals_uninterrupted(ray_local, multi_
     folder, ids = corpus
     out, marker, addr_file = str(tmp_path / "out"), str(tmp_path / "fired"), str(tmp_path / "gcs")
     fault = {"point": "score_commit", "committed": 2, "mode": "kill", "marker": marker}
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    child = subprocess.Popen(
-        [sys.executable, "-c", _CHILD, json.dumps({"checkpoint": multi_ckpt, "input": folder, "output": out,
-                                                  "batch_size": 16}), json.dumps(fault), addr_file],
-        env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
-    try:
-        _, err = child.communicate(timeout=240)
-        assert child.returncode == -signal.SIGKILL, err.decode(errors="replace")[-3000:]
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
-        kill_processes(session_processes(child.pid))  # raylet/gcs/workers orphaned by SIGKILL
-    assert session_processes(child.pid) == []
+    pid = run_until_killed([sys.executable, "-c", _CHILD, json.dumps({"checkpoint": multi_ckpt, "input": folder,
+                                                                      "output": out, "batch_size": 16}),
+                            json.dumps(fault), addr_file])
+    assert session_processes(pid) == []
     assert os.path.exists(marker)
     with open(addr_file) as f:
         assert f.read() != ray_local.get_runtime_context().gcs_address  # its own cluster
@@ -110,7 +98,7 @@ def test_driver_killed_mid_run_then_rerun_equals_uninterrupted(ray_local, multi_
     partial = read_output(out)
     assert partial.num_rows == 2 * len(ids) // N_SHARDS
     with open(os.path.join(out, LOCK)) as f:
-        assert json.load(f)["pid"] == child.pid
+        assert json.load(f)["pid"] == pid
     assert not os.path.exists(os.path.join(out, MANIFEST))
     # A driver killed inside a commit leaves a hidden temp file; plant one: readers skip it.
     with open(os.path.join(out, ".part-005.parquet.tmp-deadbeef"), "wb") as f:

@@ -459,6 +459,34 @@ def localize(path: str, cache_dir: str | None = None) -> str:
     return local
 
 
+def check_upload_prefix(uri: str, fs=None, root: str | None = None) -> list[str]:
+    """The objects of a bertml checkpoint at `uri` that an upload replaces (none: an empty
+    prefix). A prefix holding anything else — other files, or a model without bertml.json
+    (someone's Hugging Face model, or an upload that did not finish) — is refused, naming a
+    file: bertml replaces only its own checkpoints."""
+    import pyarrow.fs as pafs
+
+    from bertml.secrets import redact
+
+    if fs is None:
+        fs, root = _remote(uri, "checkpoint output")
+    try:
+        old = [i.path for i in fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
+               if i.is_file]
+    except OSError as e:
+        raise CheckpointError(f"checkpoint output {redact(uri)}: cannot be listed ({redact(str(e).splitlines()[0])})") from None
+    if not old:
+        return []
+    names = sorted(p[len(root) + 1:] for p in old)
+    foreign = [n for n in names if "/" in n or not _is_checkpoint_file(n)]
+    if foreign or META_FILE not in names:
+        why = f"files that are not a bertml checkpoint's (e.g. {foreign[0]})" if foreign else \
+            f"a model without {META_FILE} (someone's model, or an upload that did not finish: delete it to retry)"
+        raise CheckpointError(f"checkpoint output {redact(uri)} holds {why}; bertml replaces only its own "
+                              "checkpoints: choose an empty prefix")
+    return old
+
+
 def upload(local: str, uri: str) -> None:
     """Copy a finished local checkpoint folder to `uri`, replacing the checkpoint there.
 
@@ -470,24 +498,12 @@ def upload(local: str, uri: str) -> None:
     """
     import pyarrow.fs as pafs
 
-    from bertml.secrets import redact
 
     fs, root = _remote(uri, "checkpoint output")
-    try:
-        old = [i.path for i in fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
-               if i.is_file]
-    except OSError as e:
-        raise CheckpointError(f"checkpoint output {redact(uri)}: cannot be listed ({redact(str(e).splitlines()[0])})") from None
-    if old:
-        # Without a bertml.json too: an upload interrupted after the old one was deleted.
-        foreign = sorted(n for n in (p[len(root) + 1:] for p in old) if "/" in n or not _is_checkpoint_file(n))
-        if foreign:
-            raise CheckpointError(f"checkpoint output {redact(uri)} holds files that are not a bertml checkpoint's "
-                                  f"(e.g. {foreign[0]}); bertml replaces only its own checkpoints: choose an "
-                                  "empty prefix")
-        old.sort(key=lambda p: p != f"{root}/{META_FILE}")
-        for p in old:
-            fs.delete_file(p)
+    old = check_upload_prefix(uri, fs, root)
+    old.sort(key=lambda p: p != f"{root}/{META_FILE}")
+    for p in old:
+        fs.delete_file(p)
     names = sorted(os.listdir(local), key=lambda n: n == META_FILE)
     for name in names:
         src = os.path.join(local, name)

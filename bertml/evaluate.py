@@ -110,7 +110,8 @@ class ThresholdsConfig:
         if not self.output:
             raise ConfigError(f"output: expected a new checkpoint folder or object-store prefix, got {self.output!r}")
         if self.checkpoint and _same_place(self.output, self.checkpoint):
-            raise ConfigError(f"output: expected a folder other than the checkpoint, got {redact(self.output)!r}")
+            raise ConfigError(f"output: expected a folder outside the checkpoint (the original is never modified), "
+                              f"got {redact(self.output)!r}")
         t = self.target_precision
         if t is not None and not 0.0 < t <= 1.0:
             raise ConfigError(f"target_precision: expected null or a number in (0, 1], got {t!r}")
@@ -121,11 +122,10 @@ class ThresholdsConfig:
 
 
 def _same_place(a: str, b: str) -> bool:
-    from bertml.checkpoint import is_uri
+    """The same place, or one inside the other (URIs compared without user info and options)."""
+    from bertml.secrets import overlap
 
-    if is_uri(a) or is_uri(b):
-        return a.split("?")[0].rstrip("/") == b.split("?")[0].rstrip("/")
-    return os.path.abspath(a) == os.path.abspath(b)
+    return overlap(a, b)
 
 
 def _score_config(cfg, output: str, overwrite: bool) -> ScoreConfig:

@@ -247,7 +247,10 @@ class OutputDir:
         os.replace(tmp, final)
 
     def clean_tmp(self) -> int:
-        """Remove temp files left by an interrupted run (they were never visible)."""
+        """Remove temp files left by an interrupted run (they were never visible). Object
+        stores get no temp names from bertml, so nothing there is taken for one."""
+        if not self.local:
+            return 0
         n = 0
         for i in self._files():
             if is_tmp_name(os.path.basename(i.path)):

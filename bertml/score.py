@@ -60,7 +60,7 @@ from bertml.scorer import (
     TOP_K,
     Scorer,
 )
-from bertml.secrets import redact
+from bertml.secrets import overlap, redact
 from bertml.tokenization import encode_batch, special_tokens
 
 log = logging.getLogger("bertml.score")
@@ -334,6 +334,9 @@ def check_output_paths(out: OutputDir, cfg: ScoreConfig, shards: list[sh.Shard],
             raise OutputError(f"output {redact(cfg.output)} contains the input file {s.uri}; choose an output folder "
                               "that holds no input")
     if not out.local:
+        if ckpt_io.is_uri(cfg.checkpoint) and overlap(cfg.output, cfg.checkpoint):
+            raise OutputError(f"output {redact(cfg.output)} and the checkpoint {redact(cfg.checkpoint)} overlap; "
+                              "choose an output prefix outside the checkpoint")
         return
     for what, folder in (("the working folder", os.getcwd()), ("your home folder", os.path.expanduser("~"))):
         if same_or_below(folder, root):

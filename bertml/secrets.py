@@ -19,14 +19,41 @@ log = logging.getLogger("bertml")
 MASK = "***"
 # Query options that carry a secret (pyarrow's S3/GCS URI options; fsspec's names too).
 SECRET_OPTIONS = ("access_key", "secret_key", "session_token", "access_token", "secret", "token",
-                  "key", "password", "credentials", "sas_token", "account_key")
-_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/@\s?#'\"]+)@")
-_OPTION = re.compile(r"(?P<lead>[?&;](?:" + "|".join(SECRET_OPTIONS) + r")=)(?P<value>[^&#\s'\"]*)", re.IGNORECASE)
+                  "key", "password", "credentials", "sas_token", "account_key", "external_id")
+_URI = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<rest>[^\s'\"]+)")
+_OPTION = re.compile(r"(?P<lead>[?&;](?P<name>[^=&?;#\s'\"]+)=)(?P<value>[^&;\s'\"]*)")
+_AT = re.compile(r"[^\s'\"=&?;]*@")  # user info inside an option value (endpoint_override=user:pw@host)
+
+
+def _is_secret_option(name: str) -> bool:
+    from urllib.parse import unquote
+
+    return unquote(name).lower() in SECRET_OPTIONS
+
+
+def _uri(m: re.Match) -> str:
+    """One URI: everything between `scheme://` and the last `@` of its authority-and-path
+    part is user info (a secret may hold unencoded `/`, `@`, `#`), and secret options."""
+    rest = m["rest"]
+    q = rest.find("?")
+    head, query = (rest, "") if q < 0 else (rest[:q], rest[q:])
+    if "@" in head:
+        head = MASK + head[head.rindex("@"):]
+    return m["scheme"] + head + _options(query)
+
+
+def _options(text: str) -> str:
+    def one(m: re.Match) -> str:
+        if _is_secret_option(m["name"]):
+            return m["lead"] + MASK
+        return m["lead"] + _AT.sub(MASK + "@", m["value"]) if "@" in m["value"] else m[0]
+
+    return _OPTION.sub(one, text)
 
 
 def has_secret(text: str) -> bool:
     """True when `text` holds a URI with user info or a credential query option."""
-    return bool(_USERINFO.search(text) or _OPTION.search(text))
+    return isinstance(text, str) and redact(text) != text
 
 
 def redact(text: Any) -> Any:
@@ -37,13 +64,32 @@ def redact(text: Any) -> Any:
     if isinstance(text, str):
         if "://" not in text and "=" not in text:
             return text
-        text = _USERINFO.sub(lambda m: m["scheme"] + MASK + "@", text)
-        return _OPTION.sub(lambda m: m["lead"] + MASK, text)
+        return _options(_URI.sub(_uri, text)) if "://" not in text else _URI.sub(_uri, text)
     if isinstance(text, dict):
         return {redact(k): redact(v) for k, v in text.items()}
     if isinstance(text, (list, tuple)):
         return type(text)(redact(v) for v in text)
     return text
+
+
+def location(path: str) -> str:
+    """Where a path or URI points, for comparing two of them: a URI without user info and
+    options (`s3://bucket/key`), a local path resolved. No filesystem is contacted."""
+    import os
+
+    if "://" in path and not path.startswith("file://"):
+        scheme, rest = path.split("://", 1)
+        rest = rest.split("?", 1)[0]
+        rest = rest[rest.rindex("@") + 1:] if "@" in rest else rest
+        return f"{scheme.lower()}://{rest.rstrip('/')}"
+    path = path[len("file://"):] if path.startswith("file://") else path
+    return os.path.realpath(os.path.expanduser(path))
+
+
+def overlap(a: str, b: str) -> bool:
+    """Whether two paths/URIs are the same place or one lies below the other."""
+    x, y = location(a), location(b)
+    return x == y or x.startswith(y.rstrip("/") + "/") or y.startswith(x.rstrip("/") + "/")
 
 
 def warn_inline(values: dict[str, Any]) -> list[str]:

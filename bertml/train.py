@@ -385,7 +385,7 @@ def train(cfg: TrainConfig, _fault: dict | None = None) -> TrainResult:
     )
     result = trainer.fit()
     if not result.best_checkpoints:
-        raise RuntimeError(f"training finished without a checkpoint (see {redact(cfg.run.storage_path)}/{name})")
+        raise RuntimeError(f"training finished without a checkpoint (run {name} under {redact(cfg.run.storage_path)})")
     best, best_metrics = max(result.best_checkpoints, key=lambda cm: _rank_key(cm[1], cfg))
     with best.as_directory() as d:
         history = ckpt_io.read_meta(d).metrics.get("history", [])
@@ -479,6 +479,7 @@ def check_output(cfg: TrainConfig) -> None:
     `checkpoint.check_destination`): the working folder or an ancestor, a folder with files
     that are not one checkpoint's, or one overlapping the data, the encoder or run storage."""
     if ckpt_io.is_uri(cfg.run.output):
+        ckpt_io.check_upload_prefix(cfg.run.output)  # a prefix the final upload would refuse: refused now
         return
     data = [cfg.data.train] if isinstance(cfg.data.train, str) else list(cfg.data.train)
     val = [] if cfg.data.validation is None else [cfg.data.validation] if isinstance(cfg.data.validation, str) \

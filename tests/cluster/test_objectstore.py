@@ -205,6 +205,33 @@ def test_checkpoint_upload_replaces_the_previous_checkpoint_and_refuses_foreign_
     with pytest.raises(ckpt_io.CheckpointError, match="not a bertml checkpoint"):
         ckpt_io.upload(multi_ckpt, bucket.uri("data"))
     assert bucket.keys("data/") == ["data/part-0.parquet"]
+    hf = ["hf/config.json", "hf/model.safetensors", "hf/tokenizer.json", "hf/vocab.txt"]  # someone's model
+    for key in hf:
+        bucket.put(key, b"theirs")
+    with pytest.raises(ckpt_io.CheckpointError, match="a model without bertml.json"):
+        ckpt_io.upload(multi_ckpt, bucket.uri("hf"))
+    assert sorted(bucket.keys("hf/")) == hf and all(bucket.get(k) == b"theirs" for k in hf)
+
+
+def test_object_store_outputs_leave_others_objects_and_the_checkpoint_alone(bucket, s3_ckpt, monkeypatch):
+    """Objects named like temp files are not bertml's on object stores (it writes none there),
+    and an output inside the checkpoint's prefix is refused before any work."""
+    import bertml.runtime
+
+    monkeypatch.setattr(bertml.runtime, "init_ray", lambda *a, **k: pytest.fail("Ray was started"))
+    buf = io.BytesIO()
+    pq.write_table(pa.table({"id": pa.array([], pa.string()), "text": pa.array([], pa.string())}), buf)
+    bucket.put("in0/a.parquet", buf.getvalue())
+    theirs = ["out/.notes.txt.tmp-0123abcd", "out/sub/.x.tmp-deadbeef"]
+    for key in theirs:
+        bucket.put(key, b"theirs")
+    score(ScoreConfig(checkpoint=s3_ckpt, input=bucket.uri("in0/"), output=bucket.uri("out")))
+    assert all(bucket.get(k) == b"theirs" for k in theirs)
+    before = sorted(bucket.keys(""))
+    prefix = s3_ckpt.split("?")[0].split(f"{bucket.name}/", 1)[1]
+    with pytest.raises(OutputError, match="overlap"):
+        score(ScoreConfig(checkpoint=s3_ckpt, input=bucket.uri("in0/"), output=bucket.uri(prefix + "/scored")))
+    assert sorted(bucket.keys("")) == before
 
 
 def _scan(secrets: list[str], bucket, folders: list[str], texts: list[str]) -> list[str]:

@@ -201,5 +201,24 @@ def __getattr__(name: str):
     raise AttributeError(name)
 
 
+def run(argv: list[str] | None = None) -> None:
+    """The `bertml` command: `main`, then exit with its status at once.
+
+    Flushed and ended with `os._exit`: after an interrupted run, Ray's C++ core worker can
+    outlive `ray.shutdown()` in the interpreter's teardown and end the process with status 1
+    when it notices its raylet gone, replacing 130/143 (seen once in CI)."""
+    import logging
+    import os
+
+    code = main(argv)
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

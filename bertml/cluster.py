@@ -135,14 +135,17 @@ def _abs(path: str) -> str:
     return os.path.abspath(os.path.expanduser(path))
 
 
-def score_paths(checkpoint: str, shards) -> list[NodePath]:
-    """What every node reads while scoring: a local checkpoint (tokenizer in the read tasks,
-    model in the actors) and local input shards."""
+def score_paths(checkpoint: str, shards, output: str | None = None) -> list[NodePath]:
+    """What every node reads or writes while scoring: a local checkpoint (tokenizer in the
+    read tasks, model in the actors), local input shards, and a local output folder (the
+    actors write scored parts into it, the assemble tasks the shards' files)."""
     out = []
     if _is_local(checkpoint):
         out += [NodePath("checkpoint", os.path.join(_abs(checkpoint), name))
                 for name in ("bertml.json", "model.safetensors")]
     out += [NodePath("input", s.path) for s in shards if s.fs.type_name == "local"]
+    if output:
+        out.append(NodePath("output", output, folder=True))
     return out
 
 

@@ -167,6 +167,9 @@ class ScoreConfig:
                                        "null: 256 on CPU actors, 2048 on GPU actors")
     max_tokens: Union[int, None] = opt(None, "Token budget per forward pass, rows x padded length; "
                                        "null: 16384 on CPU actors, 131072 on GPU actors")
+    unit_rows: Union[int, None] = opt(None, "Rows per read/score unit: each unit's results are written by the "
+                                      "worker that scored them, and a re-run after a crash scores only the units "
+                                      "not yet written; null: 4 x batch_size")
     max_length: Union[int, None] = opt(None, "Tokens per window; null uses the checkpoint's max_length")
     long_text: Literal["truncate", "chunk"] = opt("truncate", "Texts longer than max_length: truncate, or chunk into windows")
     chunk_stride: int = opt(32, "chunk: tokens shared by consecutive windows")
@@ -193,7 +196,7 @@ class ScoreConfig:
         _check(bool(self.checkpoint), "checkpoint", self.checkpoint, "a checkpoint folder")
         _check(bool(self.input), "input", self.input, "a Parquet path")
         _check(bool(self.output), "output", self.output, "an output folder")
-        for key in ("batch_size", "max_tokens"):
+        for key in ("batch_size", "max_tokens", "unit_rows"):
             _check(getattr(self, key) is None or getattr(self, key) >= 1, key, getattr(self, key), "null or an integer >= 1")
         _check(self.max_chunks >= 1, "max_chunks", self.max_chunks, "an integer >= 1")
         _check(self.max_length is None or 1 <= self.max_length <= 512, "max_length", self.max_length, "null or an integer in [1, 512]")

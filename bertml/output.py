@@ -2,8 +2,16 @@
 
     <output>/<input shard's relative path>.parquet   committed results (readers see only these)
     <output>/.<name>.tmp-<8 hex>                       in progress (hidden; removed on the next run)
+    <output>/_bertml_parts/<name>/<rows>-<key>.parquet scored units not yet assembled (resume keeps them)
     <output>/_bertml_manifest.json                     last run: shards, skipped shards, summary
     <output>/_bertml.lock                              names the run that holds the lock (flock on the folder)
+
+Scoring workers write each read unit's results as a *part* (rows start-end of one input
+shard, named by them and by a key of checkpoint, options and input file, so a retried unit
+rewrites the same name and a part of another configuration is never taken); a Ray task
+assembles a shard's parts with its id/passthrough columns into the shard's file and the
+driver renames it into place. Parts live in `_bertml_parts/`, which readers (pyarrow,
+Spark, Ray Data) skip like every `_`/`.` name.
 
 A file is written under a hidden temporary name and renamed into place when complete, so
 a reader (or a re-run after a crash) never sees half a shard. On object stores, where an
@@ -27,6 +35,7 @@ import re
 import socket
 import time
 import uuid
+from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -37,6 +46,28 @@ META_LABELS, META_CHECKPOINT, META_FINGERPRINT = b"bertml.labels", b"bertml.chec
 META_OPTIONS, META_INPUT = b"bertml.options", b"bertml.input"  # scoring options; the input shard's rows and bytes
 NAME_MAX = 255  # bytes in one path component (ext4, xfs, S3 keys allow more; we hold to the common limit)
 _TMP = re.compile(r"\..+\.tmp-[0-9a-f]{8}")  # bertml's temp names (the file name, never the path)
+PARTS = "_bertml_parts"
+_PART = re.compile(r"(\d{12})-(\d{12})-([0-9a-f]{16})\.parquet")  # rows [start, end), key
+
+
+@dataclass(frozen=True)
+class Part:
+    """One scored unit of an input shard: rows [start, end) of output `name`."""
+
+    name: str  # the shard's output name
+    start: int
+    end: int
+    key: str
+    path: str
+
+    @property
+    def rows(self) -> int:
+        return self.end - self.start
+
+
+def part_name(name: str, start: int, end: int, key: str) -> str:
+    """Relative path of a part of output `name` (a folder per shard under PARTS)."""
+    return f"{PARTS}/{name}/{start:012d}-{end:012d}-{key}.parquet"
 
 
 class OutputError(ValueError):
@@ -200,24 +231,44 @@ class OutputDir:
     def commit(self, name: str, table: pa.Table) -> None:
         """Write `table` to `name` atomically: a hidden temp file renamed into place (local),
         or one upload straight to the final key (object stores: visible only once complete)."""
+        if not self.local:  # encoded in memory first: a failed encode uploads nothing
+            final = self._folder_for(name)
+            with self.fs.open_output_stream(final) as f:
+                f.write(_encode(table, "zstd"))
+            return
+        self.publish(self.write_tmp(name, table), name)
+
+    def _folder_for(self, name: str) -> str:
         final = self.path(name)
         folder = os.path.dirname(final)
         try:
             self.fs.create_dir(folder, recursive=True)
         except OSError as e:
             raise OutputError(f"cannot create {folder} ({_os_reason(e)}); fix the cause and re-run") from None
-        if not self.local:  # encoded in memory first: a failed encode uploads nothing
-            buf = pa.BufferOutputStream()
-            pq.write_table(table, buf, compression="zstd")
-            with self.fs.open_output_stream(final) as f:
-                f.write(buf.getvalue())
-            return
-        tmp = os.path.join(folder, tmp_name(os.path.basename(final)))
+        return final
+
+    def write_tmp(self, name: str, table: pa.Table) -> str:
+        """Local: `table` in a hidden temp file beside `name`, synced; returns its path (for
+        `publish`). Removed again if anything fails or the write is interrupted."""
+        final = self._folder_for(name)
+        tmp = os.path.join(os.path.dirname(final), tmp_name(os.path.basename(final)))
         try:
             with open(tmp, "xb") as fh:
                 pq.write_table(table, fh, compression="zstd")
                 fh.flush()
                 os.fsync(fh.fileno())  # durable before it becomes visible
+        except BaseException as e:
+            _unlink_quietly(tmp)
+            if isinstance(e, OSError):
+                raise OutputError(f"cannot write {final} ({_os_reason(e)}); shards committed so far are kept: "
+                                  "fix the cause and re-run to resume") from None
+            raise
+        return tmp
+
+    def publish(self, tmp: str, name: str) -> None:
+        """Local: make the temp file `tmp` (from `write_tmp`) visible as `name`."""
+        final = self.path(name)
+        try:
             self._publish(tmp, final)
         except BaseException as e:
             _unlink_quietly(tmp)
@@ -225,6 +276,63 @@ class OutputDir:
                 raise OutputError(f"cannot write {final} ({_os_reason(e)}); shards committed so far are kept: "
                                   "fix the cause and re-run to resume") from None
             raise
+
+    # -- parts: scored units of shards not yet assembled
+    def write_part(self, part: Part, table: pa.Table) -> None:
+        """Write one part (on a scoring worker). Written in place, not renamed: a part cut
+        short by a killed worker is unreadable or short and `parts()` discards it; on object
+        stores an upload is visible only once complete."""
+        path = self._folder_for(part.path)
+        data = _encode(table, "lz4")
+        if not self.local:
+            with self.fs.open_output_stream(path) as f:
+                f.write(data)
+            return
+        with open(path, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def parts(self, check: bool = True) -> dict[str, list[Part]]:
+        """Parts in this folder, by output name, from one listing. `check` (local disks):
+        drop parts a killed worker left short (unreadable, or fewer rows than the name says)."""
+        infos = self.fs.get_file_info(pafs.FileSelector(self.path(PARTS), recursive=True, allow_not_found=True))
+        found: dict[str, list[Part]] = {}
+        for i in infos:
+            rel = os.path.relpath(i.path, self.path(PARTS)).replace(os.sep, "/")
+            m = _PART.fullmatch(os.path.basename(rel))
+            if not i.is_file or m is None or not self._inside(i.path):
+                continue  # not bertml's: never taken, never deleted
+            part = Part(os.path.dirname(rel), int(m.group(1)), int(m.group(2)), m.group(3), f"{PARTS}/{rel}")
+            if part.end > part.start:
+                found.setdefault(part.name, []).append(part)
+        if check and self.local:
+            for name, ps in found.items():
+                found[name] = [p for p in ps if _part_rows(self.path(p.path)) == p.rows]
+        return found
+
+    def delete_parts(self, parts) -> None:
+        """Remove parts (bertml's by name and place); then their shard's folder if empty."""
+        folders = set()
+        for p in parts:
+            if _PART.fullmatch(os.path.basename(p.path)) and p.path.startswith(PARTS + "/"):
+                try:
+                    self.fs.delete_file(self.path(p.path))
+                except FileNotFoundError:
+                    pass
+                folders.add(os.path.dirname(p.path))
+        if self.local:
+            for folder in sorted(folders, key=len, reverse=True):
+                while folder and folder != PARTS and within(folder, PARTS):
+                    try:
+                        os.rmdir(self.path(folder))
+                    except OSError:
+                        break
+                    folder = os.path.dirname(folder)
+            try:
+                os.rmdir(self.path(PARTS))
+            except OSError:
+                pass
 
     def _publish(self, tmp: str, final: str) -> None:
         """Make `tmp` visible as `final`, replacing only a bertml output: a new name is taken
@@ -271,6 +379,7 @@ class OutputDir:
                 self.fs.delete_file(self.path(rel))
         if self.exists(MANIFEST) and self.manifest_is_ours():
             self.fs.delete_file(self.path(MANIFEST))
+        self.delete_parts([p for ps in self.parts(check=False).values() for p in ps])
         return [rel for rel, m in zip(names, mine) if not m]
 
     def manifest_is_ours(self) -> bool:
@@ -342,6 +451,20 @@ class OutputDir:
                 _unlink_quietly(lock)
             os.close(self._lock_fd)
             self._lock_fd = None
+
+
+def _encode(table: pa.Table, compression: str) -> bytes:
+    buf = pa.BufferOutputStream()
+    pq.write_table(table, buf, compression=compression)
+    return buf.getvalue()
+
+
+def _part_rows(path: str) -> int:
+    """Rows in a local part, or -1 if it cannot be read (cut short)."""
+    try:
+        return pq.read_metadata(path).num_rows
+    except Exception:  # noqa: BLE001 - any unreadable part is a lost unit, scored again
+        return -1
 
 
 def _unlink_quietly(path: str) -> None:

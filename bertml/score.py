@@ -1,18 +1,24 @@
 """Bulk scoring on Ray Data: Parquet shards -> tokens -> probabilities/tags -> Parquet.
 
-    driver:  check checkpoint + shard footers -> plan units of at most 4 x batch_size
-             rows (runs of small row groups, slices of big ones), skipping committed shards
-    tasks:   read a unit (needed columns only) -> tokenize, one task per unit, yielding
-             blocks of batch_size rows                               (CPU, stateless)
-    actors:  Scorer: length-bucketed forward passes -> probs, tags    (GPU, or CPU)
-    driver:  gather rows per shard; when a shard has all its rows, commit its file
+    driver:  check checkpoint + shard footers -> plan units of at most `unit_rows` rows
+             (runs of small row groups, slices of big ones) over the rows not yet done:
+             committed shards are skipped, parts of an interrupted run are kept
+    tasks:   read a unit (text column only) -> tokenize               (CPU, stateless)
+    actors:  ScoreWriter: length-bucketed forward passes -> probs, tags, written as the
+             unit's *part* by the actor itself; returns a one-row acknowledgement
+    driver:  counts acknowledged rows per shard; when a shard is covered, starts
+    task:    assemble: the shard's parts + its id/passthrough columns (read here) ->
+             the shard's file (a synced temp file; on object stores the final object)
+    driver:  renames the file into place (local), records it, removes the parts
 
-The read is our own small stage rather than `read_parquet` because each row must carry
-(shard, row) for exactly-once accounting: a shard is committed only when every one of
-its rows is back, in input order, and no row is ever written twice. Read and tokenize
-are one function, not two fused `map_batches`: Ray Data bundles a fused stage's input
-up to the later stage's batch size, which put every unit into a single task (one busy
-core tokenizing for a GPU that sat idle 95% of the time; jobs/bench_gpu.py, section D).
+No scored row passes through the driver: it sees acknowledgements (shard, rows, status)
+and per-shard counts, so its CPU and memory do not grow with the corpus
+(jobs/bench_scale.py). Exactly once: a shard is assembled only when its parts cover every
+row, each row taken once, in input order; a retried unit rewrites the part of the same
+name. The read is our own small stage rather than `read_parquet` because each row must
+carry (shard, row) for that accounting. Read and tokenize are one function, not two
+fused `map_batches`: Ray Data bundles a fused stage's input up to the later stage's batch
+size, which put every unit into a single task (jobs/bench_gpu.py, section D).
 """
 
 from __future__ import annotations
@@ -23,7 +29,6 @@ import logging
 import os
 import time
 import warnings
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -44,7 +49,9 @@ from bertml.output import (
     META_OPTIONS,
     OutputDir,
     OutputError,
+    Part,
     output_name,
+    part_name,
     same_or_below,
     within,
 )
@@ -79,7 +86,11 @@ class ScoreSummary:
     seconds: float = 0.0
     status: dict[str, int] = field(default_factory=dict)
     tag_counts: dict[str, int] = field(default_factory=dict)
-    duplicate_ids: int = 0
+    duplicate_ids: int = 0  # ids seen more than once in this run's shards (see `IdSketch`)
+    duplicate_ids_estimated: bool = False  # over IdSketch.K distinct ids: an estimate
+    rows_resumed: int = 0  # of `rows`: kept from parts an interrupted run wrote, not scored again
+    parts_resumed: int = 0
+    parts: int = 0  # units' results written by the scoring actors (parts), this run
     units: int = 0  # read/tokenize units planned (runs of row groups, or slices of one)
     read_tasks: int | None = None  # Ray tasks that ran them (one each, spread over the cores)
 
@@ -90,14 +101,17 @@ class ScoreSummary:
     def format(self) -> str:
         lines = [
             f"output            {self.output}",
-            f"rows scored       {self.rows}  ({self.rows_per_s:.1f} rows/s over {self.seconds:.1f} s)",
+            f"rows written      {self.rows}  ({self.rows_per_s:.1f} rows/s over {self.seconds:.1f} s)"
+            + (f"; {self.rows_resumed} of them kept from an interrupted run ({self.parts_resumed} parts)"
+               if self.rows_resumed else ""),
             f"shards            {self.shards_scored} scored, {self.shards_resumed} already done, "
             f"{len(self.shards_skipped)} skipped as bad; {self.units} read/tokenize units"
             + (f" in {self.read_tasks} tasks" if self.read_tasks is not None else ""),
             "status            " + ", ".join(f"{k}={v}" for k, v in sorted(self.status.items())),
         ]
         if self.duplicate_ids:
-            lines.append(f"duplicate ids     {self.duplicate_ids} (kept, not merged)")
+            about = "about " if self.duplicate_ids_estimated else ""
+            lines.append(f"duplicate ids     {about}{self.duplicate_ids} (kept, not merged)")
         for s in self.shards_skipped:
             lines.append(f"skipped           {s['shard']}: {s['error']}")
         if self.tag_counts:
@@ -110,13 +124,13 @@ class ScoreSummary:
 
 
 class ReadUnits:
-    """map_batches fn: units (see `plan_units`) -> tokenized blocks.
+    """map_batches fn: units (see `plan_units`) -> one tokenized block per unit.
 
-    Each unit's text is read, then tokenized and yielded in blocks of at most `block_rows`
-    rows carrying (_shard, _row), so a task's memory stays small. Id and passthrough
-    columns stay out of the pipeline: the driver reads them from the shard when it commits,
-    so their types pass through exactly and shards whose types differ (an int id in one,
-    a string id in the next) never meet in one batch.
+    Each unit's text is read and tokenized (`block_rows` texts per tokenizer call), and
+    yielded as one block carrying (_shard, _row): the scoring actor writes a unit's rows as
+    one part. Id and passthrough columns stay out of the pipeline: the assemble task reads
+    them from the shard, so their types pass through exactly and shards whose types differ
+    (an int id in one, a string id in the next) never meet in one batch.
     """
 
     def __init__(self, infos: list[sh.ShardInfo], text_column: str, block_rows: int, tokenize: dict):
@@ -127,8 +141,12 @@ class ReadUnits:
         keys = ("shard", "first_group", "groups", "row_start", "offset", "rows")
         for s, g0, k, r0, off, n in zip(*(units[key] for key in keys)):
             table = self.read(int(s), range(int(g0), int(g0) + int(k)), int(r0), int(off), int(n))
-            for start in range(0, table.num_rows, self.block_rows):
-                yield tokenize_stage(table.slice(start, self.block_rows), **self.tokenize)
+            if table.column(ERROR).null_count < table.num_rows:  # the unit's error marker
+                yield table.drop_columns([TEXT]).append_column(INPUT_IDS, pa.nulls(table.num_rows, _IDS_TYPE)) \
+                    .append_column(STATUS, pa.nulls(table.num_rows, pa.string()))
+                continue
+            yield pa.concat_tables([tokenize_stage(table.slice(i, self.block_rows), **self.tokenize)
+                                    for i in range(0, table.num_rows, self.block_rows)])
 
     def read(self, s: int, groups: range, row_start: int, offset: int = 0, rows: int | None = None) -> pa.Table:
         """Rows [offset, offset + rows) of row groups `groups` of shard `s`; row_start: the first one's row in the shard."""
@@ -231,7 +249,7 @@ def score(cfg: ScoreConfig, _fault: dict | None = None) -> ScoreSummary:
     shard_list = sh.resolve(cfg.input, "input")
     out = OutputDir(cfg.output)
     check_output_paths(out, cfg, shard_list, local_ckpt)
-    cluster.check_visible(cluster.score_paths(cfg.checkpoint, shard_list))  # multi-node: every node sees them
+    cluster.check_visible(cluster.score_paths(cfg.checkpoint, shard_list, out.root if out.local else None))  # multi-node: every node sees them
     good, bad = _check_shards(sh.inspect_all(shard_list), cfg, keep)
     names = [output_name(info.shard.key) for info in good]
     if len(set(names)) != len(names):
@@ -264,23 +282,55 @@ def score(cfg: ScoreConfig, _fault: dict | None = None) -> ScoreSummary:
         summary.shards_resumed = len(good) - len(todo)
         schema_meta = {META_LABELS: _json(meta.labels), META_CHECKPOINT: _ckpt_name(cfg.checkpoint).encode(),
                        META_FINGERPRINT: fingerprint.encode(), META_OPTIONS: _json(options)}
-        committer = _Committer(out, todo, cfg, schema_meta, summary, _fault, meta.multi_label)
+        keys = [part_key(fingerprint, options, info) for info in todo]
+        kept_parts = _kept_parts(out, todo, keys, [n for n, d in zip(names, done) if d], cfg)
+        coord = _Coordinator(out, cfg, todo, kept_parts, keys, schema_meta, meta.multi_label, summary, _fault)
         try:
-            committer.commit_empty_shards()
-            if committer.pending:
-                _run_pipeline(cfg, todo, max_length, committer)
-            committer.finish()
-        finally:
-            committer.close()
+            if coord.shards:
+                from bertml.runtime import init_ray
+
+                init_ray()
+                coord.resources = _resources(cfg)
+            coord.start()
+            if coord.shards:
+                coord.plan(cfg.unit_rows or UNIT_BATCHES * coord.resources[4])
+                if coord.units:
+                    _run_pipeline(cfg, coord, max_length)
+            coord.finish()
+        except BaseException:
+            coord.abort()
+            raise
         summary.seconds = time.perf_counter() - t0
         out.write_json(MANIFEST, {
             "checkpoint": _ckpt_name(cfg.checkpoint), "fingerprint": fingerprint,
             "labels": meta.labels, "config": redact(to_dict(cfg)), "summary": asdict(summary),
-            "shards": committer.records, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "shards": coord.records, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         })
         return summary
     finally:
         out.unlock()
+
+
+def _kept_parts(out: OutputDir, todo: list[sh.ShardInfo], keys: list[str], resumed: list[str],
+                cfg: ScoreConfig) -> list[list[Part]]:
+    """Per shard to score, the parts an interrupted run left that can be kept (same key);
+    parts of other keys (another checkpoint, options or input file) and of shards already
+    committed are removed."""
+    if not cfg.resume or cfg.overwrite:
+        return [[] for _ in todo]
+    found = out.parts()
+    kept, stale = [], []
+    for info, key in zip(todo, keys):
+        parts = found.pop(output_name(info.shard.key), [])
+        kept.append([p for p in parts if p.key == key and p.end <= info.num_rows])
+        stale += [p for p in parts if p.key != key or p.end > info.num_rows]
+    for name in resumed:
+        stale += found.pop(name, [])
+    out.delete_parts(stale)
+    if any(kept):
+        log.info("keeping %d scored parts (%d rows) of an interrupted run", sum(map(len, kept)),
+                 sum(p.rows for ps in kept for p in ps))
+    return kept
 
 
 def _check_window(cfg: ScoreConfig, checkpoint: str, max_length: int) -> None:
@@ -429,44 +479,44 @@ def _resumable(out: OutputDir, infos: list[sh.ShardInfo], found: dict[str, dict]
     return [one(info) for info in infos]
 
 
-def _run_pipeline(cfg: ScoreConfig, todo: list[sh.ShardInfo], max_length: int, committer) -> None:
+def _run_pipeline(cfg: ScoreConfig, coord: _Coordinator, max_length: int) -> None:
+    """Read/tokenize tasks -> ScoreWriter actors (they write the parts) -> acknowledgements
+    to `coord` on the driver, which starts the assemble tasks."""
     import ray
     import ray.data
 
-    from bertml.runtime import cluster_gpus, init_ray
-
-    init_ray()
-    gpus = cluster_gpus()
-    use_gpu = gpus > 0 if cfg.use_gpu == "auto" else bool(cfg.use_gpu)
-    n_actors = cfg.num_actors or (max(1, int(gpus)) if use_gpu else 1)
-    cpus = float(ray.cluster_resources().get("CPU", 1))
-    threads = cfg.torch_threads or max(1, int(cpus // n_actors))
-    batch_size, max_tokens = batch_sizes(cfg, use_gpu)
-    units = [u for i, info in enumerate(todo) for u in plan_units(i, info, UNIT_BATCHES * batch_size)]
+    gpus, use_gpu, n_actors, threads, batch_size, max_tokens = coord.resources
+    units = coord.units
     tokenize = {"checkpoint": cfg.checkpoint, "max_length": max_length, "chunk": cfg.long_text == "chunk",
                 "stride": cfg.chunk_stride, "max_chunks": cfg.max_chunks, "trust_remote_code": cfg.trust_remote_code}
     # One unit per block and per task (batch_size=1), so units spread over every free core.
     ds = ray.data.from_items(units, override_num_blocks=max(1, len(units)))
-    ds = ds.map_batches(ReadUnits(todo, cfg.text_column, batch_size, tokenize), batch_size=1,
+    ds = ds.map_batches(ReadUnits(coord.todo, cfg.text_column, batch_size, tokenize), batch_size=1,
                         batch_format="numpy")
     # Ray 2.60 has no named parameter for actor restarts; the remote-args hook it still
     # accepts warns of its removal in 2.64 (Ray Data's default there is unlimited retries).
     warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated", category=DeprecationWarning)
     ds = ds.map_batches(
-        Scorer, batch_size=batch_size, batch_format="pyarrow",
-        fn_constructor_kwargs={"checkpoint": cfg.checkpoint, "max_tokens": max_tokens, "precision": cfg.precision,
+        ScoreWriter, batch_size=None, batch_format="pyarrow",  # whole blocks: one unit each, one part each
+        fn_constructor_kwargs={"checkpoint": cfg.checkpoint, "parts": coord.part_writer(),
+                               "max_tokens": max_tokens, "precision": cfg.precision,
                                "chunk_pooling": cfg.chunk_pooling, "top_k": cfg.top_k,
                                "torch_threads": None if use_gpu else threads, "cls_only": cfg.cls_only,
                                "compile": cfg.compile, "trust_remote_code": cfg.trust_remote_code},
         compute=ray.data.ActorPoolStrategy(size=n_actors),
         num_gpus=1 if use_gpu else 0, num_cpus=cfg.cpus_per_actor,
-        # A crashed actor is restarted and its batch retried, a bounded number of times.
+        # A crashed actor is restarted and its unit retried (same part name), a bounded number of times.
         ray_remote_args_fn=functools.partial(_restart_args, cfg.actor_restarts),
     )
-    for block in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-        committer.add(block)
-    committer.summary.units = len(units)
-    committer.summary.read_tasks = _tasks_of(ds, "ReadUnits")
+    batches = ds.iter_batches(batch_size=None, batch_format="pyarrow")
+    try:
+        for acks in batches:
+            coord.acknowledged(acks)
+    finally:
+        close = getattr(batches, "close", None)
+        if close is not None:  # stops Ray Data's executor now, not when the generator is collected
+            close()
+    coord.summary.read_tasks = _tasks_of(ds, "ReadUnits")
 
 
 def _tasks_of(ds, stage: str) -> int | None:
@@ -490,252 +540,276 @@ def _restart_args(n: int) -> dict:
     return {"max_restarts": n, "max_task_retries": n}
 
 
-UNIT_BATCHES = 4  # rows per read/tokenize task, in Scorer batches: small enough to spread over cores
+UNIT_BATCHES = 4  # default rows per unit, in Scorer batches: small enough to spread over cores
 
 
-def plan_units(s: int, info: sh.ShardInfo, max_rows: int) -> list[dict]:
-    """Shard `s` as read/tokenize units of at most `max_rows` rows: runs of consecutive small
-    row groups, or slices of a big one (read once per slice: reading is cheap next to
-    tokenizing, and the slices tokenize in parallel)."""
+def plan_units(s: int, info: sh.ShardInfo, max_rows: int, todo: list[tuple[int, int]] | None = None) -> list[dict]:
+    """Rows `todo` ([start, end) ranges; default the whole shard) of shard `s` as read units
+    of at most `max_rows` rows: runs of consecutive small row groups, or slices of a big one
+    (read once per slice: reading is cheap next to tokenizing, and the slices tokenize in
+    parallel)."""
+    sizes = info.row_group_rows
+    bounds = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)]).tolist()
     units: list[dict] = []
-    run: dict | None = None  # small row groups being merged
 
     def unit(g: int, k: int, row_start: int, offset: int, rows: int) -> dict:
         return {"shard": s, "first_group": g, "groups": k, "row_start": row_start, "offset": offset, "rows": rows}
 
-    start = 0
-    for g, n in enumerate(info.row_group_rows):
-        if n >= max_rows:
-            if run and run["rows"]:
-                units.append(run)
-            run = None
-            units += [unit(g, 1, start + off, off, min(max_rows, n - off)) for off in range(0, n, max_rows)]
-        else:
-            if run and run["rows"] + n > max_rows:
-                units.append(run)
+    for a, b in ([(0, info.num_rows)] if todo is None else todo):
+        run: dict | None = None  # small row groups being merged (consecutive: one range)
+        for g, n in enumerate(sizes):
+            lo, hi = max(a, bounds[g]), min(b, bounds[g + 1])
+            if hi <= lo:
+                if n == 0 and run is not None and bounds[g] == run["row_start"] + run["rows"]:
+                    run["groups"] += 1  # an empty row group inside a run
+                continue
+            k, off = hi - lo, lo - bounds[g]
+            if k >= max_rows:
+                if run is not None:
+                    units.append(run)
                 run = None
-            run = run or unit(g, 0, start, 0, 0)
-            run["groups"] += 1
-            run["rows"] += n
-        start += n
-    if run and run["rows"]:
-        units.append(run)
+                units += [unit(g, 1, lo + o, off + o, min(max_rows, k - o)) for o in range(0, k, max_rows)]
+            else:
+                if run is not None and run["rows"] + k > max_rows:
+                    units.append(run)
+                    run = None
+                run = run or unit(g, 0, lo, off, 0)
+                run["groups"] += 1
+                run["rows"] += k
+        if run is not None and run["rows"]:
+            units.append(run)
     return units
+
+
+# ----------------------------------------------------------------------------- actors: score and write
+
+
+_IDS_TYPE = pa.list_(pa.list_(pa.int32()))
+ACK = pa.schema([("shard", pa.int32()), ("start", pa.int64()), ("end", pa.int64()), ("error", pa.string())])
+
+
+class PartWriter:
+    """Where a scoring actor writes parts: the output folder, and per shard (index in the
+    run's todo list) its output name and part key."""
+
+    def __init__(self, output: str, names: list[str], keys: list[str]):
+        self.output, self.names, self.keys = output, names, keys
+        self._out: OutputDir | None = None
+
+    def write(self, s: int, start: int, end: int, table: pa.Table) -> None:
+        if self._out is None:
+            self._out = OutputDir(self.output)
+        name = self.names[s]
+        self._out.write_part(Part(name, start, end, self.keys[s], part_name(name, start, end, self.keys[s])), table)
+
+    def __getstate__(self):
+        return {"output": self.output, "names": self.names, "keys": self.keys, "_out": None}
+
+
+class ScoreWriter:
+    """Ray Data actor: score a unit's tokens and write its rows as a part; returns one
+    acknowledgement row per part (or per unreadable unit), never the scored rows."""
+
+    def __init__(self, checkpoint: str, *, parts: PartWriter, **scorer_kw):
+        self.scorer = Scorer(checkpoint, **scorer_kw)
+        self.parts = parts
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        acks: list[tuple[int, int, int, str | None]] = []
+        errors = batch.column(ERROR)
+        if errors.null_count < batch.num_rows:  # units that could not be read: their shard is flagged
+            bad = batch.filter(pc.is_valid(errors))
+            for s, e in zip(bad.column(SHARD).to_pylist(), bad.column(ERROR).to_pylist()):
+                acks.append((s, -1, -1, e))
+            batch = batch.filter(pc.is_null(errors))
+        if batch.num_rows:
+            scored = self.scorer(batch.drop_columns([ERROR]))
+            shards, rows = scored.column(SHARD).to_numpy(), scored.column(ROW).to_numpy()
+            # runs of consecutive rows of one shard: one part each (a whole unit, normally)
+            cuts = np.flatnonzero((np.diff(shards) != 0) | (np.diff(rows) != 1)) + 1
+            results = scored.drop_columns([SHARD, ROW])
+            for a, b in zip([0, *cuts.tolist()], [*cuts.tolist(), len(rows)]):
+                s, start = int(shards[a]), int(rows[a])
+                self.parts.write(s, start, start + (b - a), results.slice(a, b - a))
+                acks.append((s, start, start + (b - a), None))
+        return pa.Table.from_pylist([dict(zip(ACK.names, a)) for a in acks], schema=ACK)
+
+
+# ----------------------------------------------------------------------------- tasks: assemble a shard
+
+
+@dataclass
+class ShardJob:
+    """What an assemble task needs for one shard (small: no rows)."""
+
+    index: int
+    info: sh.ShardInfo
+    name: str
+    parts: list[Part]
+    output: str  # the output URI as configured (object stores: credentials reach the worker, never a log)
+    keep: list[str]  # id and passthrough columns
+    id_column: str | None
+    schema_meta: dict
+    multi_label: bool
+    top_k: int
+
+
+def assemble(job: ShardJob) -> dict:
+    """Run as a Ray task: the shard's parts in row order (each row once) + its id/passthrough
+    columns -> the shard's output file. Local: a synced hidden temp file the driver renames
+    into place; object stores: the final object, then the parts are removed. Returns the
+    counts the driver records (or {"error": ...} for a shard that cannot be finished)."""
+    out = OutputDir(job.output)
+    info = job.info
+    try:
+        results = _parts_in_order(out, job.parts, info.num_rows) if info.num_rows else _empty(job)
+        kept = _kept(info, job.keep)
+    except _UnreadableShard as e:
+        return {"index": job.index, "error": str(e)}
+    table = _finalize(results, kept, job, info.num_rows)
+    stats = _counts(table, job.id_column)
+    stats.update(index=job.index, rows=table.num_rows)
+    if out.local:
+        stats["tmp"] = out.write_tmp(job.name, table)
+    else:
+        out.commit(job.name, table)
+        out.delete_parts(job.parts)
+    return stats
 
 
 class _UnreadableShard(Exception):
     pass
 
 
-class _Committer:
-    """Buffers scored rows per shard; commits a shard's file once all its rows are back.
+def _parts_in_order(out: OutputDir, parts: list[Part], num_rows: int) -> pa.Table:
+    """Rows 0..num_rows-1 from `parts`, each row once: parts sorted by start, overlaps (a
+    unit written by two runs) cut away. A gap or a short part is an error, never a hole."""
+    tables, cursor = [], 0
+    for p in sorted(parts, key=lambda p: (p.start, -p.end)):
+        if p.end <= cursor:
+            continue
+        if p.start > cursor:
+            break
+        try:
+            with out.fs.open_input_file(out.path(p.path)) as f:
+                t = pq.read_table(f)
+        except Exception as e:  # noqa: BLE001
+            raise _UnreadableShard(f"its scored part {p.path} could not be read ({_error_text(e)}); re-run to "
+                                   "score that unit again") from None
+        if t.num_rows != p.rows:
+            raise _UnreadableShard(f"its scored part {p.path} holds {t.num_rows} rows, not {p.rows}; re-run to "
+                                   "score that unit again")
+        tables.append(t.slice(cursor - p.start))
+        cursor = p.end
+    if cursor != num_rows:
+        raise RuntimeError(f"scored parts cover rows 0-{cursor - 1} of {num_rows}; nothing was committed for "
+                           "this shard: re-run to resume")
+    return pa.concat_tables(tables, promote_options="permissive")
 
-    Rows are counted in a per-shard bitmap, so a block delivered twice (a retried task)
-    adds nothing, and blocks for a shard already committed are ignored. When the buffered
-    rows pass `spill_bytes`, the biggest shards' parts move to Arrow files on local disk,
-    read back memory-mapped: the driver's memory stays bounded however big a shard is.
+
+def _kept(info: sh.ShardInfo, keep: list[str]) -> pa.Table | None:
+    """The shard's id and passthrough columns, exactly as stored, in row order."""
+    if not keep:
+        return None
+    try:
+        kept = read_columns(info, keep)
+    except Exception as e:  # noqa: BLE001 - flags its shard, never the run
+        raise _UnreadableShard(_error_text(e)) from None
+    if kept.num_rows != info.num_rows:
+        raise _UnreadableShard(f"{kept.num_rows} rows in its id/passthrough columns, {info.num_rows} in its footer")
+    return kept
+
+
+def _finalize(results: pa.Table, kept: pa.Table | None, job: ShardJob, num_rows: int) -> pa.Table:
+    """Output columns: id (or `row`), passthrough, results, status."""
+    cols: dict[str, pa.ChunkedArray] = {}
+    if not job.id_column:
+        cols[ROW_OUT] = pa.chunked_array([pa.array(np.arange(num_rows, dtype=np.int64))])
+    if kept is not None:
+        cols.update(zip(kept.column_names, kept.columns))
+    for c in (PROBS, TAGS, LABEL, SCORE, TOP_K, STATUS):
+        if c in results.column_names:
+            cols[c] = results.column(c)
+    out = pa.table(cols)
+    if kept is not None:  # nullability and field metadata as the input had them
+        fields = {f.name: f for f in kept.schema}
+        out = out.cast(pa.schema([fields.get(f.name, f) for f in out.schema]))
+    return out.replace_schema_metadata({**job.schema_meta, META_INPUT: _json(input_identity(job.info))})
+
+
+def _empty(job: ShardJob) -> pa.Table:
+    """A zero-row table with the result columns (so every input shard has an output file)."""
+    fields = [pa.field(PROBS, pa.list_(pa.float32()))]
+    if job.multi_label:
+        fields += [pa.field(TAGS, pa.list_(pa.string()))]
+    else:
+        fields += [pa.field(LABEL, pa.string()), pa.field(SCORE, pa.float32())]
+    if job.top_k:
+        fields += [pa.field(TOP_K, pa.list_(pa.struct([("label", pa.string()), ("score", pa.float32())])))]
+    fields += [pa.field(STATUS, pa.string())]
+    return pa.schema(fields).empty_table()
+
+
+def _counts(table: pa.Table, id_column: str | None) -> dict:
+    """Status and tag counts of a shard's output, its duplicate ids, and its id sketch."""
+    status, tags = {}, {}
+    if table.num_rows:
+        status = {d["values"]: d["counts"] for d in pc.value_counts(table.column(STATUS)).to_pylist()}
+        col = TAGS if TAGS in table.column_names else LABEL
+        flat = pc.list_flatten(table.column(col)) if col == TAGS else table.column(col).drop_null()
+        tags = {d["values"]: d["counts"] for d in pc.value_counts(flat).to_pylist()}
+    out = {"status": status, "tags": tags, "duplicate_ids": 0, "sketch": None}
+    if id_column and table.num_rows:
+        sketch = IdSketch.of(_hash_ids(table.column(id_column)))
+        out["duplicate_ids"], out["sketch"] = sketch.duplicates()[0], sketch
+    return out
+
+
+class IdSketch:
+    """Duplicate ids across a run's shards in bounded memory: the K smallest distinct 64-bit
+    id hashes, each with its count (a bottom-K sample of the distinct ids, mergeable).
+
+    Exact while the run holds at most K distinct ids (each shard's own count is always
+    exact). Beyond that, a duplicated id is in the sample with probability f (the sample's
+    share of the hash space), and its repeats are counted exactly there: duplicates =
+    repeats in the sample / f, an estimate that is 0 when the sample has no repeats.
     """
 
-    def __init__(self, out: OutputDir, todo, cfg: ScoreConfig, schema_meta: dict, summary: ScoreSummary,
-                 fault, multi_label: bool, spill_bytes: int = 512 << 20):
-        self.multi = multi_label
-        self.out, self.todo, self.cfg, self.meta, self.summary, self.fault = out, todo, cfg, schema_meta, summary, fault
-        self.parts: dict[int, list[tuple[pa.Table, bool]]] = {}  # runs of rows, spilled or not
-        self.got: dict[int, np.ndarray] = {}  # shard -> bool per row: back already
-        self.seen = np.zeros(len(todo), dtype=np.int64)  # distinct rows back, per shard
-        self.pending = {i for i, info in enumerate(todo) if info.num_rows > 0}
-        self.failed: set[int] = set()
-        self.records: list[dict] = []
-        self.tags: Counter = Counter()
-        self.id_hashes: list[np.ndarray] = []  # 8 bytes a row: duplicate ids across shards
-        self.spill_bytes, self.in_memory, self.spilled = spill_bytes, 0, 0
-        self._spill_dir: str | None = None
+    K = 1 << 17  # 1.5 MB at most, per shard result and on the driver
 
-    def commit_empty_shards(self) -> None:
-        for i, info in enumerate(self.todo):
-            if info.num_rows == 0:
-                self._commit(i, None)
+    def __init__(self, hashes: np.ndarray, counts: np.ndarray, total: int, saturated: bool):
+        self.hashes, self.counts, self.total, self.saturated = hashes, counts, total, saturated
 
-    def add(self, block: pa.Table) -> None:
-        shard_ids = block.column(SHARD).to_numpy()
-        for s in np.unique(shard_ids):
-            s = int(s)
-            if s not in self.pending:  # committed already (a late duplicate), or failed
-                continue
-            part = block.filter(pc.equal(block.column(SHARD), s))
-            errors = part.column(ERROR).drop_null()
-            if len(errors):
-                self._fail(s, errors[0].as_py())
-                continue
-            runs = self._new_runs(s, part.drop_columns([SHARD, ERROR]))
-            self.parts.setdefault(s, []).extend((run, False) for run in runs)
-            self.in_memory += sum(run.nbytes for run in runs)
-            if self.seen[s] == self.todo[s].num_rows:
-                self._commit(s, self._gather(s))
-            elif self.in_memory > self.spill_bytes:
-                self._spill()
+    @classmethod
+    def of(cls, hashes: np.ndarray) -> IdSketch:
+        u, c = np.unique(hashes.astype(np.uint64, copy=False), return_counts=True)
+        return cls(u, c, len(hashes), False)._cut()
 
-    def _new_runs(self, s: int, part: pa.Table) -> list[pa.Table]:
-        """`part`'s rows not back before (nor repeated within it), sorted, as runs of
-        consecutive rows: a shard's runs never overlap, so sorting them by first row puts
-        the whole shard in order without copying it."""
-        rows = part.column(ROW).to_numpy()
-        got = self.got.get(s)
-        if got is None:
-            got = self.got[s] = np.zeros(self.todo[s].num_rows, dtype=bool)
-        if len(rows) and (rows.min() < 0 or rows.max() >= len(got)):
-            raise RuntimeError(f"{self.todo[s].shard.uri}: a scored block holds rows outside the shard")
-        order = np.argsort(rows, kind="stable")
-        first = np.ones(len(rows), dtype=bool)
-        first[order[1:]] = rows[order[1:]] != rows[order[:-1]]
-        keep = first & ~got[rows]
-        got[rows[keep]] = True
-        self.seen[s] += int(keep.sum())
-        if not keep.all():
-            part, rows = part.filter(pa.array(keep)), rows[keep]
-        if len(rows) > 1 and (np.diff(rows) < 0).any():
-            order = np.argsort(rows, kind="stable")
-            part, rows = part.take(pa.array(order)), rows[order]
-        cuts = [0, *(np.flatnonzero(np.diff(rows) != 1) + 1).tolist(), len(rows)]
-        return [part.slice(a, b - a) for a, b in zip(cuts[:-1], cuts[1:]) if b > a]
+    def _cut(self) -> IdSketch:
+        if len(self.hashes) > self.K:
+            self.hashes, self.counts, self.saturated = self.hashes[: self.K], self.counts[: self.K], True
+        return self
 
-    def _gather(self, s: int) -> pa.Table:
-        """All of shard `s`'s rows, in row order: its runs sorted by first row (no copy)."""
-        parts = self.parts.pop(s)
-        self.got.pop(s, None)
-        self.in_memory -= sum(t.nbytes for t, spilled in parts if not spilled)
-        runs = sorted((t for t, _ in parts), key=lambda t: t.column(ROW)[0].as_py())
-        return pa.concat_tables(runs)
+    def merge(self, other: IdSketch | None) -> IdSketch:
+        if other is None:
+            return self
+        h = np.concatenate([self.hashes, other.hashes])
+        u, inv = np.unique(h, return_inverse=True)
+        c = np.bincount(inv, weights=np.concatenate([self.counts, other.counts]), minlength=len(u)).astype(np.int64)
+        return IdSketch(u, c, self.total + other.total, self.saturated or other.saturated)._cut()
 
-    def _spill(self) -> None:
-        """Move the biggest shards' in-memory runs to Arrow files read back memory-mapped."""
-        import tempfile
-
-        if self._spill_dir is None:
-            self._spill_dir = tempfile.mkdtemp(prefix="bertml-spill-")
-        sizes = {s: sum(t.nbytes for t, spilled in ps if not spilled) for s, ps in self.parts.items()}
-        for s in sorted(sizes, key=sizes.get, reverse=True):
-            if self.in_memory <= self.spill_bytes // 2 or not sizes[s]:
-                break
-            mem = [t for t, spilled in self.parts[s] if not spilled]
-            path = os.path.join(self._spill_dir, f"{s}-{self.spilled}.arrow")
-            with pa.OSFile(path, "wb") as f, pa.ipc.new_file(f, mem[0].schema) as w:
-                for run in mem:  # one record batch per run
-                    w.write_batch(run.combine_chunks().to_batches()[0] if run.num_rows else None)
-            reader = pa.ipc.open_file(pa.memory_map(path))
-            mapped = [pa.Table.from_batches([reader.get_batch(i)]) for i in range(reader.num_record_batches)]
-            os.unlink(path)  # the mapping outlives the name: nothing to clean up later
-            self.parts[s] = [(t, True) for t, spilled in self.parts[s] if spilled] + [(t, True) for t in mapped]
-            self.in_memory -= sizes[s]
-            self.spilled += 1
-
-    def close(self) -> None:
-        self.parts.clear()
-        if self._spill_dir:
-            import shutil
-
-            shutil.rmtree(self._spill_dir, ignore_errors=True)
-            self._spill_dir = None
-
-    def _fail(self, s: int, error: str) -> None:
-        uri = self.todo[s].shard.uri
-        self.failed.add(s)
-        self.pending.discard(s)
-        self.in_memory -= sum(t.nbytes for t, spilled in self.parts.pop(s, []) if not spilled)
-        self.got.pop(s, None)
-        if self.cfg.on_bad_shard == "fail":
-            raise sh.InputError(f"{uri}: could not be read ({error}); its output was not written. "
-                                "Fix or remove the file, or set on_bad_shard=skip")
-        self.summary.shards_skipped.append({"shard": uri, "error": f"{uri}: {error}"})
-        log.warning("skipping bad shard %s: %s", uri, error)
-
-    def _commit(self, s: int, table: pa.Table | None) -> None:
-        info = self.todo[s]
-        if table is None:
-            table = self._empty(info)
-        else:
-            rows = table.column(ROW).to_numpy()
-            if len(rows) != info.num_rows or (rows != np.arange(info.num_rows)).any():  # `add` makes this impossible
-                raise RuntimeError(f"{info.shard.uri}: rows came back incomplete or out of order; not committed")
-        try:
-            table = self._finalize(table, self._kept(info), input_identity(info))
-        except _UnreadableShard as e:
-            self._fail(s, str(e))
-            return
-        self.out.commit(output_name(info.shard.key), table)
-        self.pending.discard(s)
-        self._count(table)
-        self.records.append({"input": info.shard.uri, "output": output_name(info.shard.key), "rows": table.num_rows})
-        self.summary.shards_scored += 1
-        faults.maybe_fail(self.fault, "score_commit", committed=self.summary.shards_scored)
-
-    def _kept(self, info: sh.ShardInfo) -> pa.Table | None:
-        """The shard's id and passthrough columns, exactly as stored, in row order."""
-        keep = kept_columns(self.cfg)
-        if not keep:
-            return None
-        try:
-            kept = read_columns(info, keep)
-        except Exception as e:  # noqa: BLE001 - flags its shard, never the run
-            raise _UnreadableShard(_error_text(e)) from None
-        if kept.num_rows != info.num_rows:
-            raise _UnreadableShard(f"{kept.num_rows} rows in its id/passthrough columns, {info.num_rows} in its footer")
-        return kept
-
-    def _finalize(self, table: pa.Table, kept: pa.Table | None, identity: dict) -> pa.Table:
-        """Output columns: id (or `row`), passthrough, results, status."""
-        cols: dict[str, pa.ChunkedArray] = {}
-        if not self.cfg.id_column:
-            cols[ROW_OUT] = table.column(ROW)
-        if kept is not None:
-            cols.update(zip(kept.column_names, kept.columns))
-        for c in (PROBS, TAGS, LABEL, SCORE, TOP_K, STATUS):
-            if c in table.column_names:
-                cols[c] = table.column(c)
-        out = pa.table(cols)
-        if kept is not None:  # nullability and field metadata as the input had them
-            fields = {f.name: f for f in kept.schema}
-            out = out.cast(pa.schema([fields.get(f.name, f) for f in out.schema]))
-        return out.replace_schema_metadata({**self.meta, META_INPUT: _json(identity)})
-
-    def _empty(self, info: sh.ShardInfo) -> pa.Table:
-        """A zero-row table with the result columns (so every input shard has an output file)."""
-        fields = [pa.field(SHARD, pa.int32()), pa.field(ROW, pa.int64()), pa.field(PROBS, pa.list_(pa.float32()))]
-        if self.multi:
-            fields += [pa.field(TAGS, pa.list_(pa.string()))]
-        else:
-            fields += [pa.field(LABEL, pa.string()), pa.field(SCORE, pa.float32())]
-        if self.cfg.top_k:
-            fields += [pa.field(TOP_K, pa.list_(pa.struct([("label", pa.string()), ("score", pa.float32())])))]
-        fields += [pa.field(STATUS, pa.string())]
-        return pa.schema(fields).empty_table()
-
-    def _count(self, table: pa.Table) -> None:
-        self.summary.rows += table.num_rows
-        if table.num_rows:
-            for d in pc.value_counts(table.column(STATUS)).to_pylist():
-                self.summary.status[d["values"]] = self.summary.status.get(d["values"], 0) + d["counts"]
-            col = TAGS if TAGS in table.column_names else LABEL
-            flat = pc.list_flatten(table.column(col)) if col == TAGS else table.column(col).drop_null()
-            for d in pc.value_counts(flat).to_pylist():
-                self.summary.tag_counts[d["values"]] = self.summary.tag_counts.get(d["values"], 0) + d["counts"]
-            if self.cfg.id_column:
-                self.id_hashes.append(_hash_ids(table.column(self.cfg.id_column)))
-
-    def finish(self) -> None:
-        if self.id_hashes:  # ids seen more than once among the shards scored in this run
-            h = np.concatenate(self.id_hashes)
-            self.summary.duplicate_ids = int(len(h) - len(np.unique(h)))
-        if self.pending:
-            missing = [self.todo[s].shard.uri for s in sorted(self.pending)]
-            raise RuntimeError(f"{len(missing)} shard(s) did not get all their rows back (e.g. {missing[0]}); "
-                               "nothing was committed for them; re-run to resume")
+    def duplicates(self) -> tuple[int, bool]:
+        """(ids beyond their first occurrence, whether that is an estimate)."""
+        if not self.saturated:
+            return int(self.total - len(self.hashes)), False
+        repeats = int(self.counts.sum() - len(self.counts))
+        share = (float(self.hashes[-1]) + 1.0) / 2.0**64
+        return int(round(repeats / share)), True
 
 
 def _hash_ids(ids: pa.ChunkedArray) -> np.ndarray:
-    """64-bit hashes of an id column: 8 bytes a row however long the ids (a false duplicate
-    among a million ids has odds of ~1e-8). Ids of any type: nested ones (struct, list)
-    are hashed by their text form."""
+    """64-bit hashes of an id column (a false duplicate among a million ids has odds of
+    ~1e-8). Ids of any type: nested ones (struct, list) are hashed by their text form."""
     import pandas as pd
 
     ids = ids.drop_null()  # a missing id is no one's duplicate
@@ -743,3 +817,222 @@ def _hash_ids(ids: pa.ChunkedArray) -> np.ndarray:
         return pd.util.hash_pandas_object(ids.to_pandas(), index=False).to_numpy()
     except TypeError:
         return pd.util.hash_pandas_object(pd.Series([repr(v) for v in ids.to_pylist()]), index=False).to_numpy()
+
+
+# ----------------------------------------------------------------------------- driver: coordinate
+
+
+def part_key(fingerprint: str, options: dict, info: sh.ShardInfo) -> str:
+    """Parts are kept only for the same checkpoint, options and input file (rows, bytes)."""
+    import hashlib
+
+    blob = json.dumps([fingerprint, options, input_identity(info)], sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _gaps(parts: list[Part], n: int) -> list[tuple[int, int]]:
+    """Row ranges of [0, n) that no part covers."""
+    gaps, cursor = [], 0
+    for p in sorted(parts, key=lambda p: p.start):
+        if p.start > cursor:
+            gaps.append((cursor, min(p.start, n)))
+        cursor = max(cursor, p.end)
+    if cursor < n:
+        gaps.append((cursor, n))
+    return [(a, b) for a, b in gaps if b > a]
+
+
+@dataclass
+class _Shard:
+    """A shard being scored: its parts so far (kept from an interrupted run, or acknowledged)."""
+
+    parts: dict[tuple[int, int], Part]
+    rows: int  # rows in distinct parts (a retried unit counts once)
+    resumed_rows: int = 0
+    resumed_parts: int = 0
+
+
+class _Coordinator:
+    """The driver's side: plans units over the rows not yet done, counts acknowledged parts
+    per shard, starts an assemble task when a shard is covered, then renames the file it
+    wrote into place and records it. Holds per pending shard a few numbers per unit."""
+
+    def __init__(self, out: OutputDir, cfg: ScoreConfig, todo: list[sh.ShardInfo], kept_parts: list[list[Part]],
+                 keys: list[str], schema_meta: dict, multi_label: bool, summary: ScoreSummary, fault):
+        self.out, self.cfg, self.todo, self.keys, self.summary, self.fault = out, cfg, todo, keys, summary, fault
+        self.names = [output_name(info.shard.key) for info in todo]
+        self.schema_meta, self.multi = schema_meta, multi_label
+        self.shards: dict[int, _Shard] = {}
+        for i, (info, parts) in enumerate(zip(todo, kept_parts)):
+            if info.num_rows == 0:
+                continue
+            covered = info.num_rows - sum(b - a for a, b in _gaps(parts, info.num_rows))
+            self.shards[i] = _Shard({(p.start, p.end): p for p in parts}, sum(p.rows for p in parts),
+                                    covered, len(parts))
+        self.running: dict = {}  # assemble task ref -> shard index
+        self.records: list[dict] = []
+        self.sketch: IdSketch | None = None
+        self.units: list[dict] = []
+        self.resources: tuple = ()
+        self.acked = 0
+        self._remote = None
+
+    # -- planning
+    def plan(self, unit_rows: int) -> None:
+        for i, st in self.shards.items():
+            gaps = _gaps(list(st.parts.values()), self.todo[i].num_rows)
+            self.units += plan_units(i, self.todo[i], unit_rows, gaps)
+        self.summary.units = len(self.units)
+
+    def part_writer(self) -> PartWriter:
+        return PartWriter(self.cfg.output, self.names, self.keys)
+
+    # -- shards with no rows, or covered already by kept parts
+    def start(self) -> None:
+        for i, info in enumerate(self.todo):
+            if info.num_rows == 0:  # no rows: nothing to score or to move
+                self._done(assemble(self._job(i)))
+        for i in [i for i, st in self.shards.items() if self._covered(i)]:
+            self._launch(i)
+
+    def _job(self, i: int) -> ShardJob:
+        st = self.shards.get(i)
+        return ShardJob(i, self.todo[i], self.names[i], list(st.parts.values()) if st else [], self.cfg.output,
+                        kept_columns(self.cfg), self.cfg.id_column, self.schema_meta, self.multi, self.cfg.top_k)
+
+    def _covered(self, i: int) -> bool:
+        st, n = self.shards[i], self.todo[i].num_rows
+        return st.rows >= n and not _gaps(list(st.parts.values()), n)
+
+    # -- acknowledgements from the scoring actors
+    def acknowledged(self, acks: pa.Table) -> None:
+        for s, start, end, error in zip(*(acks.column(c).to_pylist() for c in ACK.names)):
+            st = self.shards.get(s)
+            if st is None or s in self.running.values():
+                continue  # finished or failed already (a late duplicate)
+            if error is not None:
+                self._fail(s, error)
+                continue
+            if (start, end) not in st.parts:
+                st.parts[(start, end)] = Part(self.names[s], start, end, self.keys[s],
+                                              part_name(self.names[s], start, end, self.keys[s]))
+                st.rows += end - start
+                self.acked += 1
+                self.summary.parts = self.acked
+                faults.maybe_fail(self.fault, "score_part", parts=self.acked)
+            if self._covered(s):
+                self._launch(s)
+        self.poll(0)
+
+    # -- assemble tasks
+    def _launch(self, i: int) -> None:
+        import ray
+
+        if self._remote is None:  # a little CPU each: they mostly read and write files
+            self._remote = ray.remote(num_cpus=0.25, max_retries=2)(assemble)
+        self.running[self._remote.remote(self._job(i))] = i
+
+    def poll(self, timeout: float | None) -> None:
+        """Record the assemble tasks that finished (waiting up to `timeout` s for one; None: for all)."""
+        import ray
+
+        while self.running:
+            refs = list(self.running)
+            ready, _ = ray.wait(refs, num_returns=len(refs) if timeout is None else 1,
+                                timeout=timeout)
+            if not ready:
+                return
+            for ref in ready:
+                self.running.pop(ref)
+                self._done(ray.get(ref))
+            if timeout is not None:
+                timeout = 0
+
+    def _done(self, result: dict) -> None:
+        i = result["index"]
+        if "error" in result:
+            self._fail(i, result["error"])
+            return
+        info, name = self.todo[i], self.names[i]
+        if "tmp" in result:
+            self.out.publish(result["tmp"], name)
+        st = self.shards.pop(i, None)
+        if st is not None and self.out.local:
+            self.out.delete_parts(st.parts.values())
+        self.records.append({"input": info.shard.uri, "output": name, "rows": result["rows"],
+                             **({"duplicate_ids": result["duplicate_ids"]} if result["duplicate_ids"] else {})})
+        s = self.summary
+        s.rows += result["rows"]
+        s.shards_scored += 1
+        if st is not None:
+            s.rows_resumed += st.resumed_rows
+            s.parts_resumed += st.resumed_parts
+        for k, v in result["status"].items():
+            s.status[k] = s.status.get(k, 0) + v
+        for k, v in result["tags"].items():
+            s.tag_counts[k] = s.tag_counts.get(k, 0) + v
+        if result["sketch"] is not None:
+            self.sketch = result["sketch"] if self.sketch is None else self.sketch.merge(result["sketch"])
+        faults.maybe_fail(self.fault, "score_commit", committed=s.shards_scored)
+
+    def _fail(self, i: int, error: str) -> None:
+        uri = self.todo[i].shard.uri
+        st = self.shards.pop(i, None)
+        if self.cfg.on_bad_shard == "fail":
+            raise sh.InputError(f"{uri}: could not be read ({error}); its output was not written. "
+                                "Fix or remove the file, or set on_bad_shard=skip")
+        if st is not None:
+            self.out.delete_parts(st.parts.values())
+        self.summary.shards_skipped.append({"shard": uri, "error": f"{uri}: {error}"})
+        log.warning("skipping bad shard %s: %s", uri, error)
+
+    def finish(self) -> None:
+        self.poll(None)
+        if self.sketch is not None:
+            self.summary.duplicate_ids, self.summary.duplicate_ids_estimated = self.sketch.duplicates()
+        if self.shards:
+            missing = [self.todo[i].shard.uri for i in sorted(self.shards)]
+            raise RuntimeError(f"{len(missing)} shard(s) did not get all their rows back (e.g. {missing[0]}); "
+                               "nothing was committed for them; re-run to resume")
+
+    def abort(self) -> None:
+        """The run stops early: stop the assemble tasks, wait a little for them to end (an
+        interrupted one removes its temp file), then remove the temp files of the ones that
+        finished but were not renamed. Parts stay: the re-run keeps them."""
+        if not self.running:
+            return
+        import ray
+
+        refs = list(self.running)
+        self.running.clear()
+        for ref in refs:
+            try:
+                ray.cancel(ref)
+            except Exception:  # noqa: BLE001 - finished already
+                pass
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=20)
+        for ref in ready:
+            try:
+                tmp = ray.get(ref, timeout=5).get("tmp")
+            except Exception:  # noqa: BLE001 - cancelled or failed: it cleaned up after itself
+                continue
+            if tmp:
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass
+        self.out.clean_tmp()
+
+
+def _resources(cfg: ScoreConfig) -> tuple:
+    import ray
+
+    from bertml.runtime import cluster_gpus
+
+    gpus = cluster_gpus()
+    use_gpu = gpus > 0 if cfg.use_gpu == "auto" else bool(cfg.use_gpu)
+    n_actors = cfg.num_actors or (max(1, int(gpus)) if use_gpu else 1)
+    cpus = float(ray.cluster_resources().get("CPU", 1))
+    threads = cfg.torch_threads or max(1, int(cpus // n_actors))
+    batch_size, max_tokens = batch_sizes(cfg, use_gpu)
+    return gpus, use_gpu, n_actors, threads, batch_size, max_tokens

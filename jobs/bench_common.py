@@ -225,7 +225,7 @@ def _reset_hwm(pid: int) -> None:
 
 
 def _proc_name(p) -> str:
-    """`ray::MapWorker(MapBatches(Scorer))` for Ray workers (comm is cut at 15 chars), else comm."""
+    """`ray::MapWorker(MapBatches(ScoreWriter))` for Ray workers (comm is cut at 15 chars), else comm."""
     try:
         first = (p.cmdline() or [""])[0]
     except Exception:  # noqa: BLE001 - a vanished process

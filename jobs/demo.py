@@ -6,7 +6,7 @@ All logic lives in bertml/; this file only hands its arguments to the CLI.
 
 import sys
 
-from bertml.cli import main
+from bertml.cli import run
 
 if __name__ == "__main__":
-    sys.exit(main(["demo", *sys.argv[1:]]))
+    run(["demo", *sys.argv[1:]])

@@ -1,7 +1,7 @@
-"""The driver's commit bookkeeping (`bertml.score._Committer`), without Ray: scored blocks
-arrive in any order, split and bundled across shards, some delivered twice (retried
-tasks); each shard is written once, complete and in input order, also when its rows were
-spilled to disk on the way."""
+"""The bookkeeping between scored parts and committed shards, without Ray: parts written
+in any order, cut anywhere, some written twice or overlapping (a retried unit, a unit
+scored by two runs); each shard is assembled once, complete and in input order. Also the
+units planned over the rows no part holds, and the bounded duplicate-id count."""
 
 import json
 import os
@@ -13,9 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from bertml import shards as sh
-from bertml.config import ScoreConfig
-from bertml.output import OutputDir
-from bertml.score import ERROR, ROW, SHARD, ScoreSummary, _Committer
+from bertml.output import PARTS, OutputDir
+from bertml.score import IdSketch, PartWriter, ShardJob, _gaps, _hash_ids, assemble, plan_units
 
 SIZES = {"a.parquet": 230, "b.parquet": 57, "c.parquet": 1}
 
@@ -27,64 +26,105 @@ def _inputs(folder) -> list[sh.ShardInfo]:
     return [sh.inspect(s) for s in sh.resolve(str(folder))]
 
 
-def _scored(shard: int, rows: list[int]) -> pa.Table:
-    """A block as the Scorer returns it (probs encode (shard, row) to check alignment)."""
-    n = len(rows)
-    return pa.table({SHARD: pa.array([shard] * n, pa.int32()), ROW: pa.array(rows, pa.int64()),
-                     ERROR: pa.nulls(n, pa.string()),
-                     "probs": pa.array([[float(shard), float(r)] for r in rows], pa.list_(pa.float32())),
-                     "tags": pa.array([["t"]] * n, pa.list_(pa.string())), "status": pa.array(["ok"] * n)})
+def _results(shard: int, start: int, end: int) -> pa.Table:
+    """A part as the scoring actor writes it (probs encode (shard, row) to check alignment)."""
+    rows = range(start, end)
+    return pa.table({"probs": pa.array([[float(shard), float(r)] for r in rows], pa.list_(pa.float32())),
+                     "tags": pa.array([["t"]] * len(rows), pa.list_(pa.string())), "status": pa.array(["ok"] * len(rows))})
 
 
-def _deliveries(infos, seed: int) -> list[pa.Table]:
-    """Every row once, cut into runs, shuffled, bundled across shards; plus repeats."""
+def _cuts(n: int, rng: random.Random) -> list[tuple[int, int]]:
+    cuts = sorted(rng.sample(range(1, n), min(n - 1, 12))) if n > 1 else []
+    return list(zip([0, *cuts], [*cuts, n]))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_each_shard_assembled_once_complete_in_order(tmp_path, seed):
     rng = random.Random(seed)
-    pieces = []
-    for s, info in enumerate(infos):
-        rows = list(range(info.num_rows))
-        cuts = sorted(rng.sample(range(1, len(rows)), min(len(rows) - 1, 12))) if len(rows) > 1 else []
-        pieces += [(s, rows[a:b]) for a, b in zip([0, *cuts], [*cuts, len(rows)])]
-    pieces += rng.sample(pieces, 6)  # retried tasks deliver some pieces again, even after a commit
-    rng.shuffle(pieces)
-    blocks = []
-    while pieces:
-        k = rng.randint(1, 3)
-        bundle, pieces = pieces[:k], pieces[k:]
-        blocks.append(pa.concat_tables([_scored(s, r) for s, r in bundle]))
-    return blocks
-
-
-@pytest.mark.parametrize("spill_bytes", [1 << 40, 1], ids=["in-memory", "spill-always"])
-@pytest.mark.parametrize("seed", [0, 1])
-def test_each_shard_written_once_complete_in_order(tmp_path, spill_bytes, seed):
     infos = _inputs(tmp_path / "in")
-    cfg = ScoreConfig(checkpoint="unused", input=str(tmp_path / "in"), output=str(tmp_path / "out"))
-    summary = ScoreSummary(output=cfg.output)
-    c = _Committer(OutputDir(cfg.output), infos, cfg, {b"k": b"v"}, summary, None, True, spill_bytes=spill_bytes)
-    try:
-        for block in _deliveries(infos, seed):
-            c.add(block)
-        c.finish()
-    finally:
-        c.close()
-    assert summary.shards_scored == len(SIZES) and summary.rows == sum(SIZES.values())
-    assert sorted(r["output"] for r in c.records) == sorted(SIZES)
-    assert (c.spilled > 0) == (spill_bytes == 1) and c.in_memory == 0 and not c.parts
-    for s, (name, n) in enumerate(sorted(SIZES.items())):
+    out = OutputDir(str(tmp_path / "out"))
+    out.create()
+    names = [os.path.basename(i.shard.path) for i in infos]
+    writer = PartWriter(out.uri, names, ["0123456789abcdef"] * len(infos))
+    writes = [(s, a, b) for s, info in enumerate(infos) for a, b in _cuts(info.num_rows, rng)]
+    writes += rng.sample(writes, 4)  # retried units rewrite the same part
+    # a unit scored again by a later run, cut differently: overlaps two parts
+    writes += [(0, 10, 40), (0, 3, 5)]
+    rng.shuffle(writes)
+    for s, a, b in writes:
+        writer.write(s, a, b, _results(s, a, b))
+    found = out.parts()
+    assert sorted(found) == sorted(names)
+    for s, (info, name) in enumerate(zip(infos, names)):
+        job = ShardJob(s, info, name, found[name], out.uri, ["id"], "id", {b"k": b"v"}, True, 0)
+        result = assemble(job)
+        assert result["rows"] == info.num_rows and result["status"] == {"ok": info.num_rows}
+        out.publish(result["tmp"], name)
         got = pq.read_table(tmp_path / "out" / name)
         assert got.column_names == ["id", "probs", "tags", "status"]
-        assert got.column("id").to_pylist() == [f"{name}-{i}" for i in range(n)]
-        assert np.array(got.column("probs").to_pylist()).tolist() == [[s, i] for i in range(n)]
+        assert got.column("id").to_pylist() == [f"{name}-{i}" for i in range(info.num_rows)]
+        assert np.array(got.column("probs").to_pylist()).tolist() == [[s, i] for i in range(info.num_rows)]
         meta = got.schema.metadata
         assert meta[b"k"] == b"v" and json.loads(meta[b"bertml.input"]) == {
-            "rows": n, "bytes": os.path.getsize(tmp_path / "in" / name)}
-    if c.spilled:
-        assert c._spill_dir is None  # removed by close()
+            "rows": info.num_rows, "bytes": os.path.getsize(info.shard.path)}
+        out.delete_parts(found[name])
+    assert not os.path.exists(tmp_path / "out" / PARTS)
+    assert sorted(out.committed()) == sorted(names)
 
 
-def test_rows_outside_the_shard_are_refused(tmp_path):
+def test_a_gap_or_a_cut_short_part_is_never_committed(tmp_path):
     infos = _inputs(tmp_path / "in")
-    cfg = ScoreConfig(checkpoint="unused", input=str(tmp_path / "in"), output=str(tmp_path / "out"))
-    c = _Committer(OutputDir(cfg.output), infos, cfg, {}, ScoreSummary(output=cfg.output), None, True)
-    with pytest.raises(RuntimeError, match="outside the shard"):
-        c.add(_scored(1, [0, 57]))
+    out = OutputDir(str(tmp_path / "out"))
+    out.create()
+    writer = PartWriter(out.uri, ["a.parquet"], ["0123456789abcdef"])
+    writer.write(0, 0, 100, _results(0, 0, 100))
+    writer.write(0, 120, 230, _results(0, 120, 230))
+    parts = sorted(out.parts()["a.parquet"], key=lambda p: p.start)
+    assert _gaps(parts, 230) == [(100, 120)]
+    with pytest.raises(RuntimeError, match="cover rows 0-99 of 230"):
+        assemble(ShardJob(0, infos[0], "a.parquet", parts, out.uri, ["id"], "id", {}, True, 0))
+    # a worker killed mid-write leaves a short file: not taken as a part
+    path = tmp_path / "out" / parts[1].path
+    path.write_bytes(path.read_bytes()[:50])
+    assert [p.end for p in out.parts()["a.parquet"]] == [100]
+    assert out.committed() == [] and out.exists("a.parquet") is False
+
+
+def test_units_cover_exactly_the_rows_no_part_holds(tmp_path):
+    path = tmp_path / "groups.parquet"
+    schema = pa.schema([("text", pa.string())])
+    with pq.ParquetWriter(path, schema) as w:
+        for n in [16, 16, 16, 0, 300, 5]:
+            w.write_table(pa.table({"text": [f"t{i}" for i in range(n)]}, schema=schema))
+    info = sh.inspect_all(sh.resolve(str(path), "input"))[0]
+    todo = [(5, 20), (40, 70), (340, 353)]
+    units = plan_units(0, info, 8, todo)
+    rows = [r for u in units for r in range(u["row_start"], u["row_start"] + u["rows"])]
+    assert rows == [r for a, b in todo for r in range(a, b)] and all(u["rows"] <= 8 for u in units)
+    bounds = np.cumsum([0, 16, 16, 16, 0, 300, 5])
+    for u in units:  # each unit's offset is its first row within its first row group
+        assert u["row_start"] == bounds[u["first_group"]] + u["offset"]
+
+
+def test_duplicate_ids_exact_within_the_sketch_and_estimated_beyond():
+    rng = np.random.default_rng(0)
+    a = pa.chunked_array([pa.array([f"id-{i}" for i in range(3000)] + ["id-1", "id-2", None])])
+    b = pa.chunked_array([pa.array([f"id-{i}" for i in range(2990, 4000)])])  # 10 shared with a
+    s = IdSketch.of(_hash_ids(a)).merge(IdSketch.of(_hash_ids(b)))
+    assert s.duplicates() == (12, False)
+    old = IdSketch.K
+    IdSketch.K = 1000  # a small sketch: the run now holds more distinct ids than it keeps
+    try:
+        ids = rng.integers(0, 2**62, 40_000)
+        dup = np.concatenate([ids, ids[:4000]])  # 4,000 repeats
+        shards = np.array_split(rng.permutation(dup), 8)
+        total = None
+        for part in shards:
+            sk = IdSketch.of(_hash_ids(pa.chunked_array([pa.array(part)])))
+            total = sk if total is None else total.merge(sk)
+        est, estimated = total.duplicates()
+        assert estimated and len(total.hashes) == 1000 and 2500 < est < 5500
+        clean = IdSketch.of(_hash_ids(pa.chunked_array([pa.array(ids)])))
+        assert clean.duplicates() == (0, True)  # no repeats in the sample: no false duplicates
+    finally:
+        IdSketch.K = old

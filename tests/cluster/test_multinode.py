@@ -60,7 +60,7 @@ def test_scoring_runs_read_tasks_and_actors_on_both_nodes_each_row_once(two_node
                                 batch_size=8, num_actors=2))
     got = read_output(str(tmp_path / "out"))
     assert summary.rows == len(ids) and got.column("id").to_pylist() == ids  # each row once, in order
-    actors = node_of_actors("MapBatches(Scorer)")
+    actors = node_of_actors("MapBatches(ScoreWriter)")
     tasks = {n: c - tasks_before.get(n, 0) for n, c in node_of_tasks("ReadUnits").items()}
     nodes = {n.node_id for n in [two_nodes.head_node, two_nodes.worker]}
     assert set(actors) == nodes, actors  # one scoring actor on each node
@@ -282,7 +282,7 @@ def test_node_removed_mid_scoring_then_every_row_exactly_once(two_nodes, multi_c
     driver = subprocess.Popen([sys.executable, "-c", _DRIVER, two_nodes.address, json.dumps(cfg)], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        wait_for(lambda: committed_files(out) and two_nodes.worker.node_id in node_of_actors("MapBatches(Scorer)"),
+        wait_for(lambda: committed_files(out) and two_nodes.worker.node_id in node_of_actors("MapBatches(ScoreWriter)"),
                  240, "a committed shard and a scoring actor on the worker node")
         committed_at_removal = len(committed_files(out))
         two_nodes.remove_node(two_nodes.worker, allow_graceful=False)

@@ -19,7 +19,7 @@ from tiny import make_rows
 
 from bertml import checkpoint as ckpt_io
 from bertml.config import ScoreConfig
-from bertml.output import MANIFEST, META_CHECKPOINT, META_FINGERPRINT, OutputError
+from bertml.output import MANIFEST, META_CHECKPOINT, META_FINGERPRINT, PARTS, OutputError
 from bertml.score import score
 
 pytestmark = pytest.mark.objectstore
@@ -114,9 +114,10 @@ score(ScoreConfig(**json.loads(sys.argv[1])), _fault=json.loads(sys.argv[2]))
 
 
 def test_driver_killed_mid_run_on_s3_then_rerun_equals_uninterrupted(ray_local, bucket, s3_ckpt, tmp_path):
-    """A driver SIGKILLed after its 2nd commit leaves 2 complete objects and nothing else
-    (objects are written directly: an unfinished upload is never visible); the re-run
-    resumes and the output equals an uninterrupted run's."""
+    """A driver SIGKILLed after its 2nd commit leaves complete shard objects, scored parts
+    under _bertml_parts/ and nothing else (objects are written directly: an unfinished
+    upload is never visible; assemble tasks already running may commit a shard or two more
+    before the kill lands); the re-run resumes and equals an uninterrupted run."""
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "reliability"))
     from relkit import run_until_killed
 
@@ -128,16 +129,50 @@ def test_driver_killed_mid_run_on_s3_then_rerun_equals_uninterrupted(ray_local, 
     fault = {"point": "score_commit", "committed": 2, "mode": "kill", "marker": str(tmp_path / "fired")}
     run_until_killed([sys.executable, "-c", _CHILD, json.dumps({**base, "output": bucket.uri("killed")}),
                       json.dumps(fault)])
-    assert bucket.keys("killed/") == ["killed/part-000.parquet", "killed/part-001.parquet"]  # no temp, no manifest
+    left = [k for k in bucket.keys("killed/") if not k.startswith(f"killed/{PARTS}/")]
+    assert 2 <= len(left) < N_SHARDS and all(k.startswith("killed/part-") for k in left)  # no temp, no manifest
+    for k in left:  # each one complete
+        assert pq.read_table(io.BytesIO(bucket.get(k))).num_rows == ROWS
 
     summary = score(ScoreConfig(**base, output=bucket.uri("killed")))
-    assert summary.shards_resumed == 2 and summary.shards_scored == N_SHARDS - 2
-    final = read_prefix(bucket, "killed/")
+    assert summary.shards_resumed == len(left) and summary.shards_scored == N_SHARDS - len(left)
+    _assert_same(read_prefix(bucket, "killed/"), whole, ids)
+    assert hidden(bucket, "") == [] and bucket.keys(f"killed/{PARTS}/") == []
+
+
+def test_driver_killed_mid_shard_on_s3_rerun_scores_only_the_units_not_written(ray_local, bucket, s3_ckpt, tmp_path):
+    """Units of 4 rows: the driver is SIGKILLed after the 3rd scored part, before any shard
+    is complete; the parts uploaded so far are kept and the re-run scores only the rest."""
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "reliability"))
+    from relkit import run_until_killed
+
+    from bertml.output import OutputDir
+
+    ids = put_corpus(bucket, n=2)
+    base = {"checkpoint": s3_ckpt, "input": bucket.uri("in/"), "batch_size": 4, "unit_rows": 4}
+    score(ScoreConfig(**base, output=bucket.uri("whole")))
+    whole = read_prefix(bucket, "whole/")
+
+    fault = {"point": "score_part", "parts": 3, "mode": "kill", "marker": str(tmp_path / "fired")}
+    run_until_killed([sys.executable, "-c", _CHILD, json.dumps({**base, "output": bucket.uri("killed")}),
+                      json.dumps(fault)])
+    assert [k for k in bucket.keys("killed/") if not k.startswith(f"killed/{PARTS}/")] == []
+    parts = [p for ps in OutputDir(bucket.uri("killed")).parts().values() for p in ps]
+    kept_rows = sum(p.rows for p in parts)
+    assert len(parts) >= 3 and kept_rows < len(ids)
+
+    summary = score(ScoreConfig(**base, output=bucket.uri("killed")))
+    assert (summary.parts_resumed, summary.rows_resumed) == (len(parts), kept_rows)
+    assert summary.rows == len(ids) and summary.units == summary.parts == 2 * 5 - len(parts)  # 5 units a shard
+    _assert_same(read_prefix(bucket, "killed/"), whole, ids)
+    assert hidden(bucket, "") == [] and bucket.keys(f"killed/{PARTS}/") == []
+
+
+def _assert_same(final: pa.Table, whole: pa.Table, ids: list[str]) -> None:
     assert final.column("id").to_pylist() == ids
     assert final.column("tags").to_pylist() == whole.column("tags").to_pylist()
     np.testing.assert_allclose(np.array(final.column("probs").to_pylist()), np.array(whole.column("probs").to_pylist()),
                                atol=1e-6)
-    assert hidden(bucket, "") == []
 
 
 def test_bad_shard_on_s3_is_skipped_and_listed_rest_exactly_once(ray_local, bucket, s3_ckpt):

@@ -17,7 +17,7 @@ from tiny import make_rows
 from bertml.config import ScoreConfig
 
 N_SHARDS, ROWS_PER_SHARD = 16, 25  # the shared corpus: many small shards so runs last a while
-SCORER_TITLE = "MapWorker(MapBatches(Scorer))"  # a scoring actor's process title on Ray 2.60
+SCORER_TITLE = "MapWorker(MapBatches(ScoreWriter))"  # a scoring actor's process title on Ray 2.60
 
 
 def write_corpus(folder: str, n_shards: int, rows_per_shard: int, seed: int = 100) -> list[str]:
@@ -113,7 +113,7 @@ def ray_workers(title: str) -> list[psutil.Process]:
     """This test process's Ray worker processes whose process title contains `title`.
 
     Ray sets a worker's title to `ray::<actor class>[.<method>]`; a Ray Data actor pool
-    of `Scorer` shows as `ray::MapWorker(MapBatches(Scorer))` (`.submit` while busy).
+    of `ScoreWriter` shows as `ray::MapWorker(MapBatches(ScoreWriter))` (`.submit` while busy).
     """
     found = []
     for p in psutil.Process().children(recursive=True):

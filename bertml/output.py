@@ -27,6 +27,7 @@ symlink that leads out of it). A file in the way that bertml did not write stops
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import json
@@ -252,30 +253,18 @@ class OutputDir:
         `publish`). Removed again if anything fails or the write is interrupted."""
         final = self._folder_for(name)
         tmp = os.path.join(os.path.dirname(final), tmp_name(os.path.basename(final)))
-        try:
+        with _removed_on_error(tmp, final):
             with open(tmp, "xb") as fh:
                 pq.write_table(table, fh, compression="zstd")
                 fh.flush()
                 os.fsync(fh.fileno())  # durable before it becomes visible
-        except BaseException as e:
-            _unlink_quietly(tmp)
-            if isinstance(e, OSError):
-                raise OutputError(f"cannot write {final} ({_os_reason(e)}); shards committed so far are kept: "
-                                  "fix the cause and re-run to resume") from None
-            raise
         return tmp
 
     def publish(self, tmp: str, name: str) -> None:
         """Local: make the temp file `tmp` (from `write_tmp`) visible as `name`."""
         final = self.path(name)
-        try:
+        with _removed_on_error(tmp, final):
             self._publish(tmp, final)
-        except BaseException as e:
-            _unlink_quietly(tmp)
-            if isinstance(e, OSError):
-                raise OutputError(f"cannot write {final} ({_os_reason(e)}); shards committed so far are kept: "
-                                  "fix the cause and re-run to resume") from None
-            raise
 
     # -- parts: scored units of shards not yet assembled
     def write_part(self, part: Part, table: pa.Table) -> None:
@@ -451,6 +440,20 @@ class OutputDir:
                 _unlink_quietly(lock)
             os.close(self._lock_fd)
             self._lock_fd = None
+
+
+@contextlib.contextmanager
+def _removed_on_error(tmp: str, final: str):
+    """Remove the temp file `tmp` if the block fails or is interrupted; an OS error becomes
+    one OutputError naming `final`."""
+    try:
+        yield
+    except BaseException as e:
+        _unlink_quietly(tmp)
+        if isinstance(e, OSError):
+            raise OutputError(f"cannot write {final} ({_os_reason(e)}); shards committed so far are kept: "
+                              "fix the cause and re-run to resume") from None
+        raise
 
 
 def _encode(table: pa.Table, compression: str) -> bytes:

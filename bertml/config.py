@@ -167,9 +167,9 @@ class ScoreConfig:
                                        "null: 256 on CPU actors, 2048 on GPU actors")
     max_tokens: Union[int, None] = opt(None, "Token budget per forward pass, rows x padded length; "
                                        "null: 16384 on CPU actors, 131072 on GPU actors")
-    unit_rows: Union[int, None] = opt(None, "Rows per read/score unit: each unit's results are written by the "
-                                      "worker that scored them, and a re-run after a crash scores only the units "
-                                      "not yet written; null: 4 x batch_size")
+    unit_rows: Union[int, None] = opt(None, "Rows per read/tokenize task; the scoring actor writes each batch's "
+                                      "results as a part, and a re-run after a crash scores only the rows no "
+                                      "part holds; null: 4 x batch_size")
     max_length: Union[int, None] = opt(None, "Tokens per window; null uses the checkpoint's max_length")
     long_text: Literal["truncate", "chunk"] = opt("truncate", "Texts longer than max_length: truncate, or chunk into windows")
     chunk_stride: int = opt(32, "chunk: tokens shared by consecutive windows")

@@ -3,9 +3,9 @@
     driver:  check checkpoint + shard footers -> plan units of at most `unit_rows` rows
              (runs of small row groups, slices of big ones) over the rows not yet done:
              committed shards are skipped, parts of an interrupted run are kept
-    tasks:   read a unit (text column only) -> tokenize               (CPU, stateless)
-    actors:  ScoreWriter: length-bucketed forward passes -> probs, tags, written as the
-             unit's *part* by the actor itself; returns a one-row acknowledgement
+    tasks:   read a unit (text column only) -> tokenize, in blocks of batch_size rows (CPU)
+    actors:  ScoreWriter: length-bucketed forward passes -> probs, tags, each block's rows
+             written as a *part* by the actor itself; returns a one-row acknowledgement
     driver:  counts acknowledged rows per shard; when a shard is covered, starts
     task:    assemble: the shard's parts + its id/passthrough columns (read here) ->
              the shard's file (a synced temp file; on object stores the final object)
@@ -124,11 +124,11 @@ class ScoreSummary:
 
 
 class ReadUnits:
-    """map_batches fn: units (see `plan_units`) -> one tokenized block per unit.
+    """map_batches fn: units (see `plan_units`) -> tokenized blocks of `block_rows` rows.
 
-    Each unit's text is read and tokenized (`block_rows` texts per tokenizer call), and
-    yielded as one block carrying (_shard, _row): the scoring actor writes a unit's rows as
-    one part. Id and passthrough columns stay out of the pipeline: the assemble task reads
+    Each unit's text is read, then tokenized and yielded in blocks of at most `block_rows`
+    (batch_size) rows carrying (_shard, _row); the scoring actor writes each block's rows as
+    one part, so the actor scores a block while the task tokenizes the next. Id and passthrough columns stay out of the pipeline: the assemble task reads
     them from the shard, so their types pass through exactly and shards whose types differ
     (an int id in one, a string id in the next) never meet in one batch.
     """
@@ -145,8 +145,8 @@ class ReadUnits:
                 yield table.drop_columns([TEXT]).append_column(INPUT_IDS, pa.nulls(table.num_rows, _IDS_TYPE)) \
                     .append_column(STATUS, pa.nulls(table.num_rows, pa.string()))
                 continue
-            yield pa.concat_tables([tokenize_stage(table.slice(i, self.block_rows), **self.tokenize)
-                                    for i in range(0, table.num_rows, self.block_rows)])
+            for i in range(0, table.num_rows, self.block_rows):  # the actor scores one while the next tokenizes
+                yield tokenize_stage(table.slice(i, self.block_rows), **self.tokenize)
 
     def read(self, s: int, groups: range, row_start: int, offset: int = 0, rows: int | None = None) -> pa.Table:
         """Rows [offset, offset + rows) of row groups `groups` of shard `s`; row_start: the first one's row in the shard."""
@@ -497,7 +497,7 @@ def _run_pipeline(cfg: ScoreConfig, coord: _Coordinator, max_length: int) -> Non
     # accepts warns of its removal in 2.64 (Ray Data's default there is unlimited retries).
     warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated", category=DeprecationWarning)
     ds = ds.map_batches(
-        ScoreWriter, batch_size=None, batch_format="pyarrow",  # whole blocks: one unit each, one part each
+        ScoreWriter, batch_size=None, batch_format="pyarrow",  # whole blocks: one part each
         fn_constructor_kwargs={"checkpoint": cfg.checkpoint, "parts": coord.part_writer(),
                                "max_tokens": max_tokens, "precision": cfg.precision,
                                "chunk_pooling": cfg.chunk_pooling, "top_k": cfg.top_k,

@@ -30,6 +30,7 @@ import os
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -293,7 +294,7 @@ def score(cfg: ScoreConfig, _fault: dict | None = None) -> ScoreSummary:
                 coord.resources = _resources(cfg)
             coord.start()
             if coord.shards:
-                coord.plan(cfg.unit_rows or UNIT_BATCHES * coord.resources[4])
+                coord.plan(cfg.unit_rows or UNIT_BATCHES * coord.resources.batch_size)
                 if coord.units:
                     _run_pipeline(cfg, coord, max_length)
             coord.finish()
@@ -485,7 +486,7 @@ def _run_pipeline(cfg: ScoreConfig, coord: _Coordinator, max_length: int) -> Non
     import ray
     import ray.data
 
-    gpus, use_gpu, n_actors, threads, batch_size, max_tokens = coord.resources
+    _, use_gpu, n_actors, threads, batch_size, max_tokens = coord.resources
     units = coord.units
     tokenize = {"checkpoint": cfg.checkpoint, "max_length": max_length, "chunk": cfg.long_text == "chunk",
                 "stride": cfg.chunk_stride, "max_chunks": cfg.max_chunks, "trust_remote_code": cfg.trust_remote_code}
@@ -873,7 +874,7 @@ class _Coordinator:
         self.records: list[dict] = []
         self.sketch: IdSketch | None = None
         self.units: list[dict] = []
-        self.resources: tuple = ()
+        self.resources: _Resources | None = None  # set once Ray is up
         self.acked = 0
         self._remote = None
 
@@ -1024,7 +1025,16 @@ class _Coordinator:
         self.out.clean_tmp()
 
 
-def _resources(cfg: ScoreConfig) -> tuple:
+class _Resources(NamedTuple):
+    gpus: float
+    use_gpu: bool
+    n_actors: int
+    threads: int
+    batch_size: int
+    max_tokens: int
+
+
+def _resources(cfg: ScoreConfig) -> _Resources:
     import ray
 
     from bertml.runtime import cluster_gpus
@@ -1035,4 +1045,4 @@ def _resources(cfg: ScoreConfig) -> tuple:
     cpus = float(ray.cluster_resources().get("CPU", 1))
     threads = cfg.torch_threads or max(1, int(cpus // n_actors))
     batch_size, max_tokens = batch_sizes(cfg, use_gpu)
-    return gpus, use_gpu, n_actors, threads, batch_size, max_tokens
+    return _Resources(gpus, use_gpu, n_actors, threads, batch_size, max_tokens)

@@ -24,7 +24,18 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from bertml.labels import LabelSet
-from bertml.model import position_limit
+
+
+def position_limit(hf_config: dict) -> int | None:
+    """Longest sequence the encoder's position embeddings allow (from config.json)."""
+    n = hf_config.get("max_position_embeddings")
+    if not n:
+        return None
+    # RoBERTa-style models reserve padding_idx + 1 positions.
+    if hf_config.get("model_type") in ("roberta", "xlm-roberta", "camembert"):
+        n -= (hf_config.get("pad_token_id") or 1) + 1
+    return int(n)
+
 
 META_FILE = "bertml.json"
 WEIGHTS_FILE = "model.safetensors"

@@ -153,6 +153,12 @@ class TrainConfig:
     run: RunConfig = section(RunConfig, "Storage, checkpoints, failures, output")
 
 
+# ScoreConfig's (batch_size, max_tokens) when left null: (rows per Scorer call, token budget
+# per forward pass). A GPU wants big passes to fill its matrix units (jobs/bench_gpu.py); a
+# CPU gains nothing past ~16k tokens and keeps memory low (jobs/bench_score.py).
+CPU_BATCH, GPU_BATCH = (256, 16384), (2048, 131072)
+
+
 @dataclass
 class ScoreConfig:
     """`bertml score`: bulk-score Parquet shards with a checkpoint on Ray Data."""
@@ -167,9 +173,11 @@ class ScoreConfig:
                                        "null: 256 on CPU actors, 2048 on GPU actors")
     max_tokens: Union[int, None] = opt(None, "Token budget per forward pass, rows x padded length; "
                                        "null: 16384 on CPU actors, 131072 on GPU actors")
-    unit_rows: Union[int, None] = opt(None, "Rows per read/tokenize task; the scoring actor writes each batch's "
-                                      "results as a part, and a re-run after a crash scores only the rows no "
-                                      "part holds; null: 4 x batch_size")
+    unit_rows: Union[int, None] = opt(None, "Rows per read/tokenize task and per part: the scoring actor writes "
+                                      "each unit's results as one part, and a re-run after a crash scores only "
+                                      "the rows no part holds; null: up to 16384 (2048 with long_text=chunk), "
+                                      "fewer when that leaves under 2 units per cluster CPU, never under 4 x "
+                                      "batch_size")
     max_length: Union[int, None] = opt(None, "Tokens per window; null uses the checkpoint's max_length")
     long_text: Literal["truncate", "chunk"] = opt("truncate", "Texts longer than max_length: truncate, or chunk into windows")
     chunk_stride: int = opt(32, "chunk: tokens shared by consecutive windows")

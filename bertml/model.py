@@ -76,17 +76,6 @@ def load_tokenizer(name: str, trust_remote_code: bool = False):
     return tok
 
 
-def position_limit(hf_config: dict) -> int | None:
-    """Longest sequence the encoder's position embeddings allow (from config.json)."""
-    n = hf_config.get("max_position_embeddings")
-    if not n:
-        return None
-    # RoBERTa-style models reserve padding_idx + 1 positions.
-    if hf_config.get("model_type") in ("roberta", "xlm-roberta", "camembert"):
-        n -= (hf_config.get("pad_token_id") or 1) + 1
-    return int(n)
-
-
 def logits_to_probs(logits: torch.Tensor, multi_label: bool) -> torch.Tensor:
     """[B, L] logits -> [B, L] float32 probabilities (sigmoid or softmax)."""
     logits = logits.float()

@@ -48,6 +48,8 @@ META_OPTIONS, META_INPUT = b"bertml.options", b"bertml.input"  # scoring options
 NAME_MAX = 255  # bytes in one path component (ext4, xfs, S3 keys allow more; we hold to the common limit)
 _TMP = re.compile(r"\..+\.tmp-[0-9a-f]{8}")  # bertml's temp names (the file name, never the path)
 PARTS = "_bertml_parts"
+# Result columns of a scored shard (after the id/passthrough columns).
+PROBS, TAGS, LABEL, SCORE, TOP_K, STATUS = "probs", "tags", "label", "score", "top_k", "status"
 _PART = re.compile(r"(\d{12})-(\d{12})-([0-9a-f]{16})\.parquet")  # rows [start, end), key
 
 

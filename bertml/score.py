@@ -3,9 +3,9 @@
     driver:  check checkpoint + shard footers -> plan units of at most `unit_rows` rows
              (runs of small row groups, slices of big ones) over the rows not yet done:
              committed shards are skipped, parts of an interrupted run are kept
-    tasks:   read a unit (text column only) -> tokenize, in blocks of batch_size rows (CPU)
-    actors:  ScoreWriter: length-bucketed forward passes -> probs, tags, each block's rows
-             written as a *part* by the actor itself; returns a one-row acknowledgement
+    tasks:   read a unit (text column only) -> tokenize it, batch_size rows at a time (CPU)
+    actors:  ScoreWriter: length-bucketed forward passes -> probs, tags; the unit's rows
+             written as one *part* by the actor itself; returns a one-row acknowledgement
     driver:  counts acknowledged rows per shard; when a shard is covered, starts
     task:    assemble: the shard's parts + its id/passthrough columns (read here) ->
              the shard's file (a synced temp file; on object stores the final object)
@@ -40,14 +40,20 @@ import pyarrow.parquet as pq
 from bertml import checkpoint as ckpt_io
 from bertml import cluster, faults
 from bertml import shards as sh
-from bertml.config import ScoreConfig, to_dict
+from bertml.config import CPU_BATCH, GPU_BATCH, ScoreConfig, to_dict
 from bertml.output import (
+    LABEL,
     MANIFEST,
     META_CHECKPOINT,
     META_FINGERPRINT,
     META_INPUT,
     META_LABELS,
     META_OPTIONS,
+    PROBS,
+    SCORE,
+    STATUS,
+    TAGS,
+    TOP_K,
     OutputDir,
     OutputError,
     Part,
@@ -56,20 +62,8 @@ from bertml.output import (
     same_or_below,
     within,
 )
-from bertml.scorer import (
-    CPU_BATCH,
-    GPU_BATCH,
-    INPUT_IDS,
-    LABEL,
-    PROBS,
-    SCORE,
-    STATUS,
-    TAGS,
-    TOP_K,
-    Scorer,
-)
 from bertml.secrets import overlap, redact
-from bertml.tokenization import encode_batch, special_tokens
+from bertml.tokenization import INPUT_IDS, encode_batch, special_tokens
 
 log = logging.getLogger("bertml.score")
 
@@ -125,18 +119,18 @@ class ScoreSummary:
 
 
 class ReadUnits:
-    """map_batches fn: units (see `plan_units`) -> tokenized blocks of `block_rows` rows.
+    """map_batches fn: units (see `plan_units`) -> one tokenized block per unit.
 
-    Each unit's text is read, then tokenized and yielded in blocks of at most `block_rows`
-    (batch_size) rows carrying (_shard, _row); the scoring actor writes each block's rows as
-    one part, so the actor scores a block while the task tokenizes the next. Id and passthrough columns stay out of the pipeline: the assemble task reads
+    Each unit's text is read, tokenized `batch_size` rows at a time (bounded tokenizer
+    memory) and yielded as one block carrying (_shard, _row); the scoring actor writes the
+    block's rows as one part (few parts: few files and, on object stores, few requests). Id and passthrough columns stay out of the pipeline: the assemble task reads
     them from the shard, so their types pass through exactly and shards whose types differ
     (an int id in one, a string id in the next) never meet in one batch.
     """
 
-    def __init__(self, infos: list[sh.ShardInfo], text_column: str, block_rows: int, tokenize: dict):
+    def __init__(self, infos: list[sh.ShardInfo], text_column: str, batch_rows: int, tokenize: dict):
         self.infos, self.text_column = infos, text_column
-        self.block_rows, self.tokenize = block_rows, tokenize
+        self.batch_rows, self.tokenize = batch_rows, tokenize
 
     def __call__(self, units: dict):
         keys = ("shard", "first_group", "groups", "row_start", "offset", "rows")
@@ -146,8 +140,8 @@ class ReadUnits:
                 yield table.drop_columns([TEXT]).append_column(INPUT_IDS, pa.nulls(table.num_rows, _IDS_TYPE)) \
                     .append_column(STATUS, pa.nulls(table.num_rows, pa.string()))
                 continue
-            for i in range(0, table.num_rows, self.block_rows):  # the actor scores one while the next tokenizes
-                yield tokenize_stage(table.slice(i, self.block_rows), **self.tokenize)
+            yield pa.concat_tables([tokenize_stage(table.slice(i, self.batch_rows), **self.tokenize)
+                                    for i in range(0, table.num_rows, self.batch_rows)])
 
     def read(self, s: int, groups: range, row_start: int, offset: int = 0, rows: int | None = None) -> pa.Table:
         """Rows [offset, offset + rows) of row groups `groups` of shard `s`; row_start: the first one's row in the shard."""
@@ -294,7 +288,7 @@ def score(cfg: ScoreConfig, _fault: dict | None = None) -> ScoreSummary:
                 coord.resources = _resources(cfg)
             coord.start()
             if coord.shards:
-                coord.plan(cfg.unit_rows or UNIT_BATCHES * coord.resources.batch_size)
+                coord.plan(cfg.unit_rows or default_unit_rows(cfg, coord.resources, coord.rows_to_score()))
                 if coord.units:
                     _run_pipeline(cfg, coord, max_length)
             coord.finish()
@@ -486,7 +480,7 @@ def _run_pipeline(cfg: ScoreConfig, coord: _Coordinator, max_length: int) -> Non
     import ray
     import ray.data
 
-    _, use_gpu, n_actors, threads, batch_size, max_tokens = coord.resources
+    _, _, use_gpu, n_actors, threads, batch_size, max_tokens = coord.resources
     units = coord.units
     tokenize = {"checkpoint": cfg.checkpoint, "max_length": max_length, "chunk": cfg.long_text == "chunk",
                 "stride": cfg.chunk_stride, "max_chunks": cfg.max_chunks, "trust_remote_code": cfg.trust_remote_code}
@@ -498,8 +492,8 @@ def _run_pipeline(cfg: ScoreConfig, coord: _Coordinator, max_length: int) -> Non
     # accepts warns of its removal in 2.64 (Ray Data's default there is unlimited retries).
     warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated", category=DeprecationWarning)
     ds = ds.map_batches(
-        ScoreWriter, batch_size=None, batch_format="pyarrow",  # whole blocks: one part each
-        fn_constructor_kwargs={"checkpoint": cfg.checkpoint, "parts": coord.part_writer(),
+        ScoreWriter, batch_size=None, batch_format="pyarrow",  # whole blocks (units): one part each
+        fn_constructor_kwargs={"checkpoint": cfg.checkpoint, "parts": coord.part_writer(), "batch_rows": batch_size,
                                "max_tokens": max_tokens, "precision": cfg.precision,
                                "chunk_pooling": cfg.chunk_pooling, "top_k": cfg.top_k,
                                "torch_threads": None if use_gpu else threads, "cls_only": cfg.cls_only,
@@ -541,7 +535,17 @@ def _restart_args(n: int) -> dict:
     return {"max_restarts": n, "max_task_retries": n}
 
 
-UNIT_BATCHES = 4  # default rows per unit, in Scorer batches: small enough to spread over cores
+UNIT_ROWS = 16384  # default rows per unit at most (truncate; chunk: / CHUNK_UNIT_SHARE)
+CHUNK_UNIT_SHARE = 8  # chunked texts carry several windows a row
+
+
+def default_unit_rows(cfg: ScoreConfig, res: _Resources, rows: int) -> int:
+    """Rows per unit when `unit_rows` is null: big (one part, one task and one actor call
+    each: few files, few requests, little scheduling), yet at least two units per CPU of
+    the cluster so reads and tokenization spread; never under 4 Scorer batches."""
+    cap = UNIT_ROWS // (CHUNK_UNIT_SHARE if cfg.long_text == "chunk" else 1)
+    spread = -(-rows // max(1, 2 * res.cpus))
+    return max(4 * res.batch_size, min(cap, spread))
 
 
 def plan_units(s: int, info: sh.ShardInfo, max_rows: int, todo: list[tuple[int, int]] | None = None) -> list[dict]:
@@ -611,9 +615,11 @@ class ScoreWriter:
     """Ray Data actor: score a unit's tokens and write its rows as a part; returns one
     acknowledgement row per part (or per unreadable unit), never the scored rows."""
 
-    def __init__(self, checkpoint: str, *, parts: PartWriter, **scorer_kw):
+    def __init__(self, checkpoint: str, *, parts: PartWriter, batch_rows: int = 1 << 30, **scorer_kw):
+        from bertml.scorer import Scorer  # torch only here: assemble workers start light
+
         self.scorer = Scorer(checkpoint, **scorer_kw)
-        self.parts = parts
+        self.parts, self.batch_rows = parts, batch_rows
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         acks: list[tuple[int, int, int, str | None]] = []
@@ -624,7 +630,9 @@ class ScoreWriter:
                 acks.append((s, -1, -1, e))
             batch = batch.filter(pc.is_null(errors))
         if batch.num_rows:
-            scored = self.scorer(batch.drop_columns([ERROR]))
+            batch = batch.drop_columns([ERROR])
+            scored = pa.concat_tables([self.scorer(batch.slice(i, self.batch_rows))  # Scorer calls of batch_size rows
+                                       for i in range(0, batch.num_rows, self.batch_rows)])
             shards, rows = scored.column(SHARD).to_numpy(), scored.column(ROW).to_numpy()
             # runs of consecutive rows of one shard: one part each (a whole unit, normally)
             cuts = np.flatnonzero((np.diff(shards) != 0) | (np.diff(rows) != 1)) + 1
@@ -885,6 +893,9 @@ class _Coordinator:
             self.units += plan_units(i, self.todo[i], unit_rows, gaps)
         self.summary.units = len(self.units)
 
+    def rows_to_score(self) -> int:
+        return sum(b - a for i, st in self.shards.items() for a, b in _gaps(list(st.parts.values()), self.todo[i].num_rows))
+
     def part_writer(self) -> PartWriter:
         return PartWriter(self.cfg.output, self.names, self.keys)
 
@@ -1027,6 +1038,7 @@ class _Coordinator:
 
 class _Resources(NamedTuple):
     gpus: float
+    cpus: int
     use_gpu: bool
     n_actors: int
     threads: int
@@ -1045,4 +1057,4 @@ def _resources(cfg: ScoreConfig) -> _Resources:
     cpus = float(ray.cluster_resources().get("CPU", 1))
     threads = cfg.torch_threads or max(1, int(cpus // n_actors))
     batch_size, max_tokens = batch_sizes(cfg, use_gpu)
-    return _Resources(gpus, use_gpu, n_actors, threads, batch_size, max_tokens)
+    return _Resources(gpus, int(cpus), use_gpu, n_actors, threads, batch_size, max_tokens)

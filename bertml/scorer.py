@@ -20,16 +20,10 @@ import pyarrow as pa
 import torch
 
 from bertml import checkpoint as ckpt_io
+from bertml.config import CPU_BATCH
 from bertml.model import fast_forward, inference_dtype, logits_to_probs
-from bertml.tokenization import EMPTY
-
-INPUT_IDS, STATUS = "input_ids", "status"
-PROBS, TAGS, LABEL, SCORE, TOP_K = "probs", "tags", "label", "score", "top_k"
-
-# (rows per call, token budget per forward pass) when the config leaves them null. A GPU
-# wants big passes to fill its matrix units (jobs/bench_gpu.py); a CPU gains nothing past
-# ~16k tokens and keeps memory low (jobs/bench_score.py).
-CPU_BATCH, GPU_BATCH = (256, 16384), (2048, 131072)
+from bertml.output import LABEL, PROBS, SCORE, TAGS, TOP_K
+from bertml.tokenization import EMPTY, INPUT_IDS
 
 
 def _windows(input_ids: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 import numpy as np
 import pyarrow as pa
 
+INPUT_IDS = "input_ids"  # a row's token windows: list<list<int32>>
+
 # Anything but whitespace, C0/C1 control characters and zero-width marks.
 _VISIBLE = re.compile(r"[^\s\x00-\x1f\x7f-\x9f\u200b-\u200f\u2060\ufeff]")
 

@@ -339,11 +339,10 @@ def train(cfg: TrainConfig, _fault: dict | None = None) -> TrainResult:
     from ray.train.torch import TorchTrainer
 
     from bertml import cluster, train_data
-    from bertml.model import position_limit
     from bertml.runtime import cluster_gpus, init_ray
 
     cluster.resolve_outputs(cfg, ["run.output", "run.storage_path"])
-    _check_model(cfg, position_limit)
+    _check_model(cfg)
     check_output(cfg)
     summary, train_infos, val_infos = train_data.summarize(cfg.data, cfg.optim.seed)
     log.info("data: %d train rows, %d validation rows, %d labels %s", summary.n_train, summary.n_val,
@@ -459,7 +458,7 @@ def _rank_key(m: dict, cfg: TrainConfig) -> float:
     return v if cfg.run.metric_mode == "max" else -v
 
 
-def _check_model(cfg: TrainConfig, position_limit) -> None:
+def _check_model(cfg: TrainConfig) -> None:
     """Fail before Ray starts if the encoder can't be found or max_length is too long."""
     from transformers import AutoConfig
 
@@ -469,7 +468,7 @@ def _check_model(cfg: TrainConfig, position_limit) -> None:
         hf = AutoConfig.from_pretrained(cfg.model.name, trust_remote_code=cfg.model.trust_remote_code).to_dict()
     except (OSError, ValueError) as e:
         raise CheckpointError(f"model.name {cfg.model.name!r}: cannot load its config ({str(e).splitlines()[0]})") from None
-    limit = position_limit(hf)
+    limit = ckpt_io.position_limit(hf)
     if limit and cfg.model.max_length > limit:
         raise CheckpointError(f"model.max_length {cfg.model.max_length} exceeds {cfg.model.name}'s limit of {limit} tokens")
 

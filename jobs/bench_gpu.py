@@ -264,8 +264,9 @@ def section_c(ckpt: str, texts: list[str], args, res: dict) -> list[str]:
     from bench_score import pretokenize, token_lengths
     from transformers import AutoConfig, pipeline
 
+    from bertml.config import GPU_BATCH
     from bertml.model import load_tokenizer
-    from bertml.scorer import GPU_BATCH, Scorer
+    from bertml.scorer import Scorer
 
     lengths = token_lengths(load_tokenizer(ckpt), texts, 256)
     cfg = AutoConfig.from_pretrained(ckpt)

@@ -20,8 +20,9 @@ def reference(multi_ckpt, corpus):
     import pyarrow.dataset as pads
     from transformers import AutoTokenizer
 
-    from bertml.scorer import INPUT_IDS, STATUS, Scorer
-    from bertml.tokenization import encode_batch
+    from bertml.output import STATUS
+    from bertml.scorer import Scorer
+    from bertml.tokenization import INPUT_IDS, encode_batch
 
     scorer = Scorer(multi_ckpt)
     table = pads.dataset(corpus[0], format="parquet").to_table()

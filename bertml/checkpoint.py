@@ -197,9 +197,44 @@ def validate(path: str, trust_remote_code: bool = False) -> CheckpointMeta:
     meta, hf = _read_meta(path)
     shapes = _weight_shapes(os.path.join(path, WEIGHTS_FILE))
     rows = _check_weights(path, hf, shapes, meta)
-    _check_model(path, shapes, trust_remote_code)
+    passed = None if trust_remote_code else _model_check_marker(path, shapes)
+    if passed is None or not os.path.exists(passed):
+        _check_model(path, shapes, trust_remote_code)
+        _mark(passed)
     _check_tokenizer(path, rows, trust_remote_code)
     return meta
+
+
+def _cache_root() -> str:
+    return os.environ.get("BERTML_CACHE", os.path.expanduser("~/.cache/bertml"))
+
+
+def _model_check_marker(path: str, shapes: dict[str, list[int]]) -> str | None:
+    """Where a passed `_check_model` is remembered: named by everything it reads (config.json,
+    the weights' tensor names and shapes, the transformers release), so the same checkpoint
+    is not built again each night (importing the model's code costs ~4 s of CPU) and any
+    change to one of them checks again. None: config.json unreadable (the check will say)."""
+    import transformers
+
+    try:
+        with open(os.path.join(path, "config.json"), "rb") as f:
+            config = f.read()
+    except OSError:
+        return None
+    h = hashlib.sha256(config)
+    h.update(json.dumps([sorted(shapes.items()), transformers.__version__]).encode())
+    return os.path.join(_cache_root(), "checked", h.hexdigest()[:32])
+
+
+def _mark(marker: str | None) -> None:
+    if marker is None:
+        return
+    try:
+        os.makedirs(os.path.dirname(marker), exist_ok=True)
+        with open(marker, "w", encoding="ascii"):
+            pass
+    except OSError:  # a read-only cache: check again next time
+        pass
 
 
 def _weight_shapes(weights: str) -> dict[str, list[int]]:
@@ -448,7 +483,7 @@ def localize(path: str, cache_dir: str | None = None) -> str:
         raise CheckpointError(f"checkpoint {shown}: no {META_FILE} there; not a (complete) bertml checkpoint")
     # Weights and bertml.json (thresholds can be re-tuned in place) name the cached copy.
     key = hashlib.sha256(f"{shown}|{info.mtime_ns}|{info.size}|{meta.mtime_ns}|{meta.size}".encode()).hexdigest()[:16]
-    cache = cache_dir or os.path.join(os.environ.get("BERTML_CACHE", os.path.expanduser("~/.cache/bertml")), "checkpoints")
+    cache = cache_dir or os.path.join(_cache_root(), "checkpoints")
     local = os.path.join(cache, key)
     if os.path.exists(os.path.join(local, META_FILE)):
         return local

@@ -200,6 +200,28 @@ def test_bad_checkpoint_is_one_clear_error_before_any_work(multi_ckpt, tiny_inpu
     assert not out.exists()
 
 
+def test_a_passed_model_check_is_remembered_and_any_change_checks_again(multi_ckpt, tmp_path, monkeypatch):
+    # The meta-device model build is remembered per (config.json, tensor shapes, transformers):
+    # a nightly re-run skips it, and a checkpoint that differs in any of them is built again.
+    from bertml import checkpoint as ckpt_io
+
+    monkeypatch.setenv("BERTML_CACHE", str(tmp_path / "cache"))
+    good = _copy(multi_ckpt, tmp_path / "good")
+    ckpt_io.validate(good)
+    checked = tmp_path / "cache" / "checked"
+    assert len(os.listdir(checked)) == 1
+    ckpt_io.validate(_copy(multi_ckpt, tmp_path / "same"))  # same files elsewhere: the same entry
+    assert len(os.listdir(checked)) == 1
+    for case in ("tensor missing from weights", "tensor of the wrong shape", "unknown model_type"):
+        mutate, message = BAD_CHECKPOINTS[case]
+        bad = _copy(multi_ckpt, tmp_path / case.replace(" ", "-"))
+        mutate(bad)
+        with pytest.raises(CheckpointError) as e:
+            ckpt_io.validate(bad)
+        assert message in str(e.value)
+    assert len(os.listdir(checked)) == 1  # failures are never remembered
+
+
 def test_healthy_tokenizers_of_one_script_are_not_flagged(multi_ckpt, tmp_path):
     """An English-only WordPiece and a Chinese-only one (as bert-base-uncased on Chinese text or
     bert-base-chinese on English might look) both pass; the sample check wants one known script."""

@@ -184,7 +184,7 @@ def _read_meta(path: str) -> tuple[CheckpointMeta, dict]:
     return meta, hf
 
 
-def validate(path: str, trust_remote_code: bool = False) -> CheckpointMeta:
+def validate(path: str, trust_remote_code: bool = False, remember: bool = True) -> CheckpointMeta:
     """Everything `load` needs, checked from file headers and a meta-device model (no weights read).
 
     bertml.json and config.json (as `read_meta`); the safetensors header, every tensor lying
@@ -193,6 +193,10 @@ def validate(path: str, trust_remote_code: bool = False) -> CheckpointMeta:
     present with its shape; the tokenizer loading as transformers will
     load it, with a real vocabulary, token ids the embeddings cover, and at least one sample
     sentence read as mostly known tokens. Raises CheckpointError naming the file.
+
+    A passed model build is remembered in BERTML_CACHE (see `_model_check_marker`) unless
+    `remember` is false: a caller that may still refuse the run calls `remember_checked`
+    once it has accepted it, so a refused run leaves nothing behind.
     """
     meta, hf = _read_meta(path)
     shapes = _weight_shapes(os.path.join(path, WEIGHTS_FILE))
@@ -200,9 +204,16 @@ def validate(path: str, trust_remote_code: bool = False) -> CheckpointMeta:
     passed = None if trust_remote_code else _model_check_marker(path, shapes)
     if passed is None or not os.path.exists(passed):
         _check_model(path, shapes, trust_remote_code)
-        _mark(passed)
     _check_tokenizer(path, rows, trust_remote_code)
+    if remember:
+        _mark(passed)
     return meta
+
+
+def remember_checked(path: str, trust_remote_code: bool = False) -> None:
+    """Remember that `validate(path, remember=False)` passed (call only after it did)."""
+    if not trust_remote_code:
+        _mark(_model_check_marker(path, _weight_shapes(os.path.join(path, WEIGHTS_FILE))))
 
 
 def _cache_root() -> str:

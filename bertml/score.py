@@ -123,9 +123,10 @@ class ReadUnits:
 
     Each unit's text is read, tokenized `batch_size` rows at a time (bounded tokenizer
     memory) and yielded as one block carrying (_shard, _row); the scoring actor writes the
-    block's rows as one part (few parts: few files and, on object stores, few requests). Id and passthrough columns stay out of the pipeline: the assemble task reads
-    them from the shard, so their types pass through exactly and shards whose types differ
-    (an int id in one, a string id in the next) never meet in one batch.
+    block's rows as one part (few parts: few files and, on object stores, few requests).
+    Id and passthrough columns stay out of the pipeline: the assemble task reads them from
+    the shard, so their types pass through exactly and shards whose types differ (an int id
+    in one, a string id in the next) never meet in one batch.
     """
 
     def __init__(self, infos: list[sh.ShardInfo], text_column: str, batch_rows: int, tokenize: dict):
@@ -234,7 +235,7 @@ def score(cfg: ScoreConfig, _fault: dict | None = None) -> ScoreSummary:
     t0 = time.perf_counter()
     cluster.resolve_outputs(cfg, ["output"])  # `ray job submit --working-dir`: say where relative output goes
     local_ckpt = ckpt_io.localize(cfg.checkpoint)  # s3://... -> cached local copy (workers fetch their own)
-    meta = ckpt_io.validate(local_ckpt, cfg.trust_remote_code)  # all checks before Ray starts
+    meta = ckpt_io.validate(local_ckpt, cfg.trust_remote_code, remember=False)  # all checks before Ray starts
     max_length = cfg.max_length or meta.max_length
     ckpt_io.check_max_length(local_ckpt, max_length)
     _check_window(cfg, local_ckpt, max_length)
@@ -262,6 +263,7 @@ def score(cfg: ScoreConfig, _fault: dict | None = None) -> ScoreSummary:
 
     out.create()
     out.lock()
+    ckpt_io.remember_checked(local_ckpt, cfg.trust_remote_code)  # the run is accepted: skip the build next time
     try:
         found = out.existing(names)  # under the lock: no other run writes here now
         _refuse_files_in_the_way(out, [n for n, m in found.items() if m is None]

@@ -1,7 +1,7 @@
 """Scoring at scale: the driver process's cost and 1- vs 2-node rows/s, baseline vs candidate.
 
     .venv/bin/python jobs/bench_scale.py --baseline-ref <commit>    # N = 1,000,000 (hours, below)
-    .venv/bin/python jobs/bench_scale.py --rows 20000 --cluster-rows 20000   # quick look, ~14 min
+    .venv/bin/python jobs/bench_scale.py --rows 100000 --cluster-rows 100000  # 17 min, both sides
     .venv/bin/python jobs/bench_scale.py --skip-baseline --only local        # candidate, (a) only
 
 Two versions of bertml, each score() in its own fresh child process (`sys.executable -c`,
@@ -46,10 +46,11 @@ lines of a part not run are left out):
   two_node_vs_one=        rows/s on 2 nodes x 1 CPU / on 1 node x 2 CPUs
 then the same three prefixed baseline_, and driver_cpu_vs_baseline= (candidate / baseline).
 Time: a run costs ~35 s besides its rows (child start-up, Ray, actors, fixed driver work)
-and then ~5000 rows/s (2 idle cores, 2026-12-01). The quick look above took 14 min on the
-idle 2-core development machine. The defaults score 22.6 M rows a side (2 x (1 + 10) M
-local, 2 x 0.3 M cluster): about 5 h for both sides there (extrapolated), half with
---skip-baseline; the first run writes the corpora (10 M rows: ~20 s, ~450 MiB).
+and then ~7500 rows/s (2 idle cores, 2026-12-01, both versions). `--rows 100000
+--cluster-rows 100000` took 17 min for both sides on the idle 2-core development machine.
+The defaults score 22.6 M rows a side (2 x (1 + 10) M local, 2 x 0.3 M cluster): about
+5 h for both sides there (extrapolated), half with --skip-baseline; the first run writes
+the corpora (10 M rows: ~20 s, ~450 MiB).
 """
 
 from __future__ import annotations

@@ -42,7 +42,7 @@ def _run_train(cfg: TrainConfig) -> int:
 
 
 def _run_score(cfg: ScoreConfig) -> int:
-    from bertml.score import score
+    from bertml.scoring import score
 
     print(score(cfg).format())
     return 0

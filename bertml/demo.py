@@ -65,7 +65,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     from bertml.baseline import read_split, tfidf_baseline
     from bertml.corpus import build_bbc_multilabel
     from bertml.metrics import evaluate
-    from bertml.score import score
+    from bertml.scoring import score
     from bertml.train import format_summary, train
 
     out = os.path.abspath(cfg.out_dir)

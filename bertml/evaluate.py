@@ -186,8 +186,8 @@ def score_labelled(score_cfg: ScoreConfig, labels_column: str, delimiter: str | 
     from bertml import checkpoint as ckpt_io
     from bertml import shards as sh
     from bertml.labels import LabelError, LabelSet, parse_cell
-    from bertml.output import OutputDir, output_name
-    from bertml.score import ROW_OUT, score
+    from bertml.output import ROW_OUT, OutputDir, output_name
+    from bertml.scoring import score
 
     local = ckpt_io.localize(score_cfg.checkpoint)  # object-storage checkpoints: read a cached copy
     meta = ckpt_io.read_meta(local)

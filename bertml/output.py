@@ -50,6 +50,8 @@ _TMP = re.compile(r"\..+\.tmp-[0-9a-f]{8}")  # bertml's temp names (the file nam
 PARTS = "_bertml_parts"
 # Result columns of a scored shard (after the id/passthrough columns).
 PROBS, TAGS, LABEL, SCORE, TOP_K, STATUS = "probs", "tags", "label", "score", "top_k", "status"
+RESULT_COLUMNS = (PROBS, TAGS, LABEL, SCORE, TOP_K, STATUS)  # in output order; types: bertml.scoring.schema
+ROW_OUT = "row"  # the input row number, written first when there is no id column
 _PART = re.compile(r"(\d{12})-(\d{12})-([0-9a-f]{16})\.parquet")  # rows [start, end), key
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from bertml import checkpoint as ckpt_io
-from bertml.scorer import Scorer
+from bertml.scoring.infer import Scorer
 from bertml.tokenization import encode_batch
 
 TEXTS = ["football match today", "bank stocks fell", "新的 足球 比赛", "software chip", "a"]

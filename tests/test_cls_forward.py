@@ -74,7 +74,7 @@ def test_scorer_cls_only_matches_full(multi_ckpt):
     import pyarrow as pa
 
     from bertml import checkpoint as ckpt_io
-    from bertml.scorer import Scorer
+    from bertml.scoring.infer import Scorer
     from bertml.tokenization import encode_batch
 
     tok = ckpt_io.load(multi_ckpt)[1]

@@ -14,7 +14,10 @@ import pytest
 
 from bertml import shards as sh
 from bertml.output import PARTS, OutputDir
-from bertml.score import IdSketch, PartWriter, ShardJob, _gaps, _hash_ids, assemble, plan_units
+from bertml.scoring.actor import PartWriter
+from bertml.scoring.ids import IdSketch, hash_ids
+from bertml.scoring.plan import gaps, plan_units
+from bertml.scoring.write import ShardJob, assemble
 
 SIZES = {"a.parquet": 230, "b.parquet": 57, "c.parquet": 1}
 
@@ -80,7 +83,7 @@ def test_a_gap_or_a_cut_short_part_is_never_committed(tmp_path):
     writer.write(0, 0, 100, _results(0, 0, 100))
     writer.write(0, 120, 230, _results(0, 120, 230))
     parts = sorted(out.parts()["a.parquet"], key=lambda p: p.start)
-    assert _gaps(parts, 230) == [(100, 120)]
+    assert gaps(parts, 230) == [(100, 120)]
     with pytest.raises(RuntimeError, match="cover rows 0-99 of 230"):
         assemble(ShardJob(0, infos[0], "a.parquet", parts, out.uri, ["id"], "id", {}, True, 0))
     # a worker killed mid-write leaves a short file: not taken as a part
@@ -110,7 +113,7 @@ def test_duplicate_ids_exact_within_the_sketch_and_estimated_beyond():
     rng = np.random.default_rng(0)
     a = pa.chunked_array([pa.array([f"id-{i}" for i in range(3000)] + ["id-1", "id-2", None])])
     b = pa.chunked_array([pa.array([f"id-{i}" for i in range(2990, 4000)])])  # 10 shared with a
-    s = IdSketch.of(_hash_ids(a)).merge(IdSketch.of(_hash_ids(b)))
+    s = IdSketch.of(hash_ids(a)).merge(IdSketch.of(hash_ids(b)))
     assert s.duplicates() == (12, False)
     old = IdSketch.K
     IdSketch.K = 1000  # a small sketch: the run now holds more distinct ids than it keeps
@@ -120,11 +123,11 @@ def test_duplicate_ids_exact_within_the_sketch_and_estimated_beyond():
         shards = np.array_split(rng.permutation(dup), 8)
         total = None
         for part in shards:
-            sk = IdSketch.of(_hash_ids(pa.chunked_array([pa.array(part)])))
+            sk = IdSketch.of(hash_ids(pa.chunked_array([pa.array(part)])))
             total = sk if total is None else total.merge(sk)
         est, estimated = total.duplicates()
         assert estimated and len(total.hashes) == 1000 and 2500 < est < 5500
-        clean = IdSketch.of(_hash_ids(pa.chunked_array([pa.array(ids)])))
+        clean = IdSketch.of(hash_ids(pa.chunked_array([pa.array(ids)])))
         assert clean.duplicates() == (0, True)  # no repeats in the sample: no false duplicates
     finally:
         IdSketch.K = old

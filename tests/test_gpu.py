@@ -24,7 +24,7 @@ def cpu_fp32_probs(ckpt, texts, max_length=64):
 def test_bf16_gpu_scores_match_cpu(multi_ckpt):
     from bertml import checkpoint as ckpt_io
     from bertml.model import ClsOnlyForward
-    from bertml.scorer import Scorer
+    from bertml.scoring.infer import Scorer
     from bertml.tokenization import encode_batch
 
     ids, status = encode_batch(ckpt_io.load(multi_ckpt)[1], TEXTS, 64)
@@ -38,7 +38,7 @@ def test_bf16_gpu_scores_match_cpu(multi_ckpt):
 
 def test_score_through_ray_on_a_gpu_actor(ray_local, multi_ckpt, tmp_path):
     from bertml.config import ScoreConfig
-    from bertml.score import score
+    from bertml.scoring import score
 
     inp = tmp_path / "in"
     inp.mkdir()

@@ -11,10 +11,11 @@ import torch
 from tiny import make_rows
 
 from bertml import checkpoint as ckpt_io
+from bertml import faults
 from bertml.config import ScoreConfig, load
 from bertml.faults import InjectedFault
 from bertml.output import OutputError
-from bertml.score import score
+from bertml.scoring import score
 
 pytestmark = pytest.mark.slow
 
@@ -87,7 +88,7 @@ def test_big_row_groups_are_split_into_parallel_units(ray_local, multi_ckpt, tmp
 
 def test_units_merge_small_row_groups_and_split_big_ones(tmp_path):
     from bertml import shards as sh
-    from bertml.score import plan_units
+    from bertml.scoring.plan import plan_units
 
     path = tmp_path / "groups.parquet"
     with pq.ParquetWriter(path, pa.schema([("text", pa.string())])) as w:
@@ -119,8 +120,8 @@ def test_interrupted_run_resumes_to_the_same_output(ray_local, multi_ckpt, tmp_p
     inp = write_shards(str(tmp_path / "in"), n_shards=4, rows=20, seed=10)
     score(cfg(multi_ckpt, inp, tmp_path / "ref"))
     fault = {"point": "score_commit", "committed": 2, "mode": "raise", "marker": str(tmp_path / "fired")}
-    with pytest.raises(InjectedFault):
-        score(cfg(multi_ckpt, inp, tmp_path / "out"), _fault=fault)
+    with pytest.raises(InjectedFault), faults.inject(fault):
+        score(cfg(multi_ckpt, inp, tmp_path / "out"))
     committed = [f for f in os.listdir(tmp_path / "out") if f.endswith(".parquet") and not f.startswith(".")]
     assert len(committed) == 2 and not os.path.exists(tmp_path / "out" / "_bertml.lock")
     summary = score(cfg(multi_ckpt, inp, tmp_path / "out"))

@@ -5,7 +5,7 @@ import pyarrow as pa
 import pytest
 
 from bertml import checkpoint as ckpt_io
-from bertml.scorer import Scorer, pack, pad_windows
+from bertml.scoring.infer import Scorer, pack, pad_windows
 from bertml.tokenization import encode_batch
 
 ODD = [None, "", "   \n\t", "足球 比赛 今天", "goal 🙂🎉", "tennis " * 20000, "ok\x00\x07 match", "bad \ud800 surrogate"]

@@ -52,7 +52,7 @@ def test_cluster_has_two_nodes_with_their_own_cpus(two_nodes):
 
 def test_scoring_runs_read_tasks_and_actors_on_both_nodes_each_row_once(two_nodes, multi_ckpt, tmp_path):
     from bertml.config import ScoreConfig
-    from bertml.score import score
+    from bertml.scoring import score
 
     ids = write_corpus(str(tmp_path / "in"))
     tasks_before = node_of_tasks("ReadUnits")
@@ -178,7 +178,7 @@ def test_node_local_paths_fail_clearly_before_any_work(blind_node, multi_ckpt, t
 
     from bertml.cluster import ClusterPathError
     from bertml.config import ScoreConfig, TrainConfig, load
-    from bertml.score import score
+    from bertml.scoring import score
     from bertml.train import train
 
     hidden, blind = blind_node
@@ -251,7 +251,7 @@ _DRIVER = """
 import json, sys
 import ray
 from bertml.config import ScoreConfig
-from bertml.score import score
+from bertml.scoring import score
 
 ray.init(address=sys.argv[1])
 print(json.dumps(score(ScoreConfig(**json.loads(sys.argv[2]))).rows))
@@ -270,7 +270,7 @@ def test_node_removed_mid_scoring_then_every_row_exactly_once(two_nodes, multi_c
     import ray
 
     from bertml.config import ScoreConfig
-    from bertml.score import score
+    from bertml.scoring import score
 
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "reliability"))
     from relkit import committed_files, wait_for

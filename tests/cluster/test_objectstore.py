@@ -20,7 +20,7 @@ from tiny import make_rows
 from bertml import checkpoint as ckpt_io
 from bertml.config import ScoreConfig
 from bertml.output import MANIFEST, META_CHECKPOINT, META_FINGERPRINT, PARTS, OutputError
-from bertml.score import score
+from bertml.scoring import score
 
 pytestmark = pytest.mark.objectstore
 
@@ -104,12 +104,14 @@ def test_overwrite_on_s3_replaces_another_checkpoints_output_and_keeps_other_fil
 
 _CHILD = """
 import json, sys
+from bertml import faults
 from bertml.config import ScoreConfig
 from bertml.runtime import init_ray
-from bertml.score import score
+from bertml.scoring import score
 
 init_ray(num_cpus=2)
-score(ScoreConfig(**json.loads(sys.argv[1])), _fault=json.loads(sys.argv[2]))
+with faults.inject(json.loads(sys.argv[2])):
+    score(ScoreConfig(**json.loads(sys.argv[1])))
 """
 
 

@@ -21,7 +21,7 @@ def reference(multi_ckpt, corpus):
     from transformers import AutoTokenizer
 
     from bertml.output import STATUS
-    from bertml.scorer import Scorer
+    from bertml.scoring.infer import Scorer
     from bertml.tokenization import INPUT_IDS, encode_batch
 
     scorer = Scorer(multi_ckpt)

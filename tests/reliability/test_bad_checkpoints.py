@@ -13,7 +13,7 @@ from bertml.checkpoint import CheckpointError
 from bertml.cli import main
 from bertml.config import ConfigError, ScoreConfig, TrainConfig, load
 from bertml.output import LOCK, MANIFEST, META_LABELS, OutputDir, OutputError, output_name
-from bertml.score import score
+from bertml.scoring import score
 from bertml.shards import InputError
 
 pytestmark = pytest.mark.reliability

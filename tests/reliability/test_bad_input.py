@@ -18,7 +18,7 @@ from relkit import (
 )
 
 from bertml.output import MANIFEST
-from bertml.score import score
+from bertml.scoring import score
 from bertml.shards import InputError
 
 pytestmark = pytest.mark.reliability

@@ -27,7 +27,7 @@ from relkit import (
 
 from bertml.checkpoint import CheckpointError
 from bertml.output import LOCK, OutputDir, OutputError
-from bertml.score import score
+from bertml.scoring import score
 from bertml.shards import InputError
 
 pytestmark = pytest.mark.reliability

@@ -23,7 +23,7 @@ from relkit import (
 )
 
 from bertml.output import LOCK, MANIFEST, OutputError
-from bertml.score import score
+from bertml.scoring import score
 
 pytestmark = pytest.mark.reliability
 
@@ -61,15 +61,17 @@ def test_scoring_actor_killed_mid_run_loses_and_duplicates_nothing(ray_local, mu
 
 _CHILD = """
 import json, sys
+from bertml import faults
 from bertml.config import ScoreConfig
 from bertml.runtime import init_ray
-from bertml.score import score
+from bertml.scoring import score
 
 cfg, fault, addr_file = json.loads(sys.argv[1]), json.loads(sys.argv[2]), sys.argv[3]
 ray = init_ray(num_cpus=2)
 with open(addr_file, "w") as f:
     f.write(ray.get_runtime_context().gcs_address)
-score(ScoreConfig(**cfg), _fault=fault)
+with faults.inject(fault):
+    score(ScoreConfig(**cfg))
 """
 
 

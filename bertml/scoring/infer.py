@@ -1,4 +1,5 @@
-"""The scoring stage: token ids -> probabilities -> tags, on an accelerator when present.
+"""The model on the scoring path: token ids -> probabilities -> tags, on an accelerator
+when present (run by the actor of `bertml.scoring.actor`, and by evaluation).
 
 `Scorer` loads a checkpoint once (in `__init__`) and maps Arrow batches in `__call__`, so
 Ray Data runs it on an actor pool and a test can call it on a plain table without Ray.
@@ -23,7 +24,7 @@ from bertml import checkpoint as ckpt_io
 from bertml.config import CPU_BATCH
 from bertml.model import fast_forward, inference_dtype, logits_to_probs
 from bertml.output import LABEL, PROBS, SCORE, TAGS, TOP_K
-from bertml.tokenization import EMPTY, INPUT_IDS
+from bertml.tokenization import INPUT_IDS
 
 
 def _windows(input_ids: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -221,6 +222,3 @@ def _top_k(names: np.ndarray, probs: np.ndarray, valid: np.ndarray, k: int) -> p
         names=["label", "score"],
     )
     return pa.ListArray.from_arrays(pa.array(offsets), structs)
-
-
-__all__ = ["Scorer", "pack", "pad_windows", "EMPTY"]

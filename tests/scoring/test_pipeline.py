@@ -86,24 +86,6 @@ def test_big_row_groups_are_split_into_parallel_units(ray_local, multi_ckpt, tmp
                                direct_probs(multi_ckpt, [r["text"] for r in data]), atol=1e-5)
 
 
-def test_units_merge_small_row_groups_and_split_big_ones(tmp_path):
-    from bertml import shards as sh
-    from bertml.scoring.plan import plan_units
-
-    path = tmp_path / "groups.parquet"
-    with pq.ParquetWriter(path, pa.schema([("text", pa.string())])) as w:
-        for n in [16, 16, 16, 0, 300, 5]:
-            w.write_table(pa.table({"text": [f"t{i}" for i in range(n)]}, schema=pa.schema([("text", pa.string())])))
-    info = sh.inspect_all(sh.resolve(str(path), "input"))[0]
-    units = plan_units(0, info, 40)
-    assert [(u["first_group"], u["groups"], u["rows"]) for u in units] == (
-        [(0, 2, 32), (2, 2, 16)] + [(4, 1, 40)] * 7 + [(4, 1, 20), (5, 1, 5)])
-    assert all(u["rows"] <= 40 for u in units)
-    # Every row exactly once, in order: each unit starts where the previous one ended.
-    assert [u["row_start"] for u in units] == list(np.cumsum([0] + [u["rows"] for u in units[:-1]]))
-    assert sum(u["rows"] for u in units) == info.num_rows == 353
-
-
 def test_odd_texts_all_present_with_status(ray_local, multi_ckpt, tmp_path):
     texts = [None, "", "   ", "足球 比赛 今天 新闻", "goal 🙂🎉🚀", "tennis match " * 8000, "plain match"]
     os.makedirs(tmp_path / "in")

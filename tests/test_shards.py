@@ -2,15 +2,10 @@
 
 import os
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from bertml import shards as sh
-from bertml.config import ScoreConfig
 from bertml.output import OutputDir
-from bertml.scoring import score
-from bertml.scoring.ids import hash_ids
 from bertml.shards import InputError, resolve
 
 
@@ -92,38 +87,3 @@ def test_home_relative_output_is_expanded(tmp_path, monkeypatch):
     out.create()
     assert out.root == str(tmp_path / "scores") and os.path.isdir(tmp_path / "scores")
     assert not os.path.exists("~")
-
-
-def test_null_ids_are_not_duplicates_and_struct_ids_hash():
-    ids = pa.chunked_array([pa.array([None, None, "a", "a"])])
-    h = hash_ids(ids)
-    assert len(h) == 2 and len(set(h.tolist())) == 1
-    assert len(hash_ids(pa.chunked_array([pa.array([{"k": 1}, {"k": 2}])]))) == 2
-
-
-@pytest.mark.parametrize("extra", [{"max_length": 2}, {"long_text": "chunk", "max_length": 16, "chunk_stride": 14}])
-def test_window_too_small_fails_before_ray(multi_ckpt, tmp_path, monkeypatch, extra):
-    import bertml.runtime
-
-    monkeypatch.setattr(bertml.runtime, "init_ray", lambda *a, **k: pytest.fail("Ray was started"))
-    os.makedirs(tmp_path / "in")
-    pq.write_table(pa.table({"id": [1], "text": ["goal"]}), tmp_path / "in" / "a.parquet")
-    with pytest.raises(InputError, match="max_length"):
-        score(ScoreConfig(checkpoint=multi_ckpt, input=str(tmp_path / "in"), output=str(tmp_path / "out"), **extra))
-    assert not os.path.exists(tmp_path / "out")
-
-
-def test_a_shard_rewritten_after_listing_is_refused_not_mixed(tmp_path):
-    """Ids are read at commit, texts earlier: a file rewritten in between (same rows, other
-    bytes) must fail its shard, never pair new ids with old texts' scores."""
-    from bertml.scoring.read import ReadUnits, ShardChanged, check_unchanged
-    from bertml.scoring.schema import ERROR
-
-    path = tmp_path / "a.parquet"
-    pq.write_table(pa.table({"id": ["a", "b"], "text": ["goal", "bank"]}), path)
-    info = sh.inspect(resolve(str(path))[0])
-    pq.write_table(pa.table({"id": ["new-a", "new-b"], "text": ["chip", "tennis match"]}), path)
-    with path.open("rb") as f, pytest.raises(ShardChanged, match="changed while it was being scored"):
-        check_unchanged(info, pa.PythonFile(f))
-    marker = ReadUnits([info], "text", 8, {}).read(0, range(1), 0)
-    assert marker.num_rows == 1 and "changed while it was being scored" in marker.column(ERROR)[0].as_py()

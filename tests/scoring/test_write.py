@@ -15,8 +15,7 @@ import pytest
 from bertml import shards as sh
 from bertml.output import PARTS, OutputDir
 from bertml.scoring.actor import PartWriter
-from bertml.scoring.ids import IdSketch, hash_ids
-from bertml.scoring.plan import gaps, plan_units
+from bertml.scoring.plan import gaps
 from bertml.scoring.write import ShardJob, assemble
 
 SIZES = {"a.parquet": 230, "b.parquet": 57, "c.parquet": 1}
@@ -91,43 +90,3 @@ def test_a_gap_or_a_cut_short_part_is_never_committed(tmp_path):
     path.write_bytes(path.read_bytes()[:50])
     assert [p.end for p in out.parts()["a.parquet"]] == [100]
     assert out.committed() == [] and out.exists("a.parquet") is False
-
-
-def test_units_cover_exactly_the_rows_no_part_holds(tmp_path):
-    path = tmp_path / "groups.parquet"
-    schema = pa.schema([("text", pa.string())])
-    with pq.ParquetWriter(path, schema) as w:
-        for n in [16, 16, 16, 0, 300, 5]:
-            w.write_table(pa.table({"text": [f"t{i}" for i in range(n)]}, schema=schema))
-    info = sh.inspect_all(sh.resolve(str(path), "input"))[0]
-    todo = [(5, 20), (40, 70), (340, 353)]
-    units = plan_units(0, info, 8, todo)
-    rows = [r for u in units for r in range(u["row_start"], u["row_start"] + u["rows"])]
-    assert rows == [r for a, b in todo for r in range(a, b)] and all(u["rows"] <= 8 for u in units)
-    bounds = np.cumsum([0, 16, 16, 16, 0, 300, 5])
-    for u in units:  # each unit's offset is its first row within its first row group
-        assert u["row_start"] == bounds[u["first_group"]] + u["offset"]
-
-
-def test_duplicate_ids_exact_within_the_sketch_and_estimated_beyond():
-    rng = np.random.default_rng(0)
-    a = pa.chunked_array([pa.array([f"id-{i}" for i in range(3000)] + ["id-1", "id-2", None])])
-    b = pa.chunked_array([pa.array([f"id-{i}" for i in range(2990, 4000)])])  # 10 shared with a
-    s = IdSketch.of(hash_ids(a)).merge(IdSketch.of(hash_ids(b)))
-    assert s.duplicates() == (12, False)
-    old = IdSketch.K
-    IdSketch.K = 1000  # a small sketch: the run now holds more distinct ids than it keeps
-    try:
-        ids = rng.integers(0, 2**62, 40_000)
-        dup = np.concatenate([ids, ids[:4000]])  # 4,000 repeats
-        shards = np.array_split(rng.permutation(dup), 8)
-        total = None
-        for part in shards:
-            sk = IdSketch.of(hash_ids(pa.chunked_array([pa.array(part)])))
-            total = sk if total is None else total.merge(sk)
-        est, estimated = total.duplicates()
-        assert estimated and len(total.hashes) == 1000 and 2500 < est < 5500
-        clean = IdSketch.of(hash_ids(pa.chunked_array([pa.array(ids)])))
-        assert clean.duplicates() == (0, True)  # no repeats in the sample: no false duplicates
-    finally:
-        IdSketch.K = old

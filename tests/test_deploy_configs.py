@@ -276,3 +276,96 @@ def test_no_secrets_in_deploy_configs():
     pattern = re.compile(r"AKIA[0-9A-Z]{16}|aws_secret_access_key|AWS_SECRET_ACCESS_KEY|BEGIN [A-Z ]*PRIVATE KEY")
     for path in [CLUSTER_YAML, *K8S_FILES]:
         assert not pattern.search(path.read_text(encoding="utf-8")), path.name
+
+
+# ----------------------------------------------------------------------------- the nightly launcher
+
+_KUBECTL = r'''#!{python}
+"""A stub kubectl for the launcher script: RayJob statuses come from a JSON state file."""
+import json, os, sys
+
+path = os.environ["STUB_STATE"]
+s = json.load(open(path))
+args = sys.argv[1:]
+s["calls"].append(args)
+out = ""
+if args[0] == "create":
+    out = "rayjob.ray.io/bertml-score-tonight\n"
+elif args[0] == "get" and "-l" in args:  # the earlier nights' RayJobs
+    if "name" in args:
+        out = "".join(f"rayjob.ray.io/{n}\n" for n, _ in s["earlier"])
+    else:
+        out = "".join(f"{n}={d}\n" for n, d in s["earlier"])
+elif args[0] == "get":
+    field = args[-1]
+    if "jobDeploymentStatus" in field:
+        out = s["dep"][0] if len(s["dep"]) == 1 else s["dep"].pop(0)
+    elif "jobStatus" in field:
+        out = s["job"]
+    else:
+        out = "TheReason what KubeRay says"
+json.dump(s, open(path, "w"))
+sys.stdout.write(out)
+'''
+
+
+def _launcher_script() -> str:
+    cron = next(d for d in _docs(K8S_DIR / "raycronjob-score.yaml") if d["kind"] == "CronJob")
+    (container,) = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    assert container["command"] == ["/bin/sh", "-c"]
+    return container["args"][0]
+
+
+def _launch(tmp_path, dep: list[str], job: str = "", earlier: list[tuple[str, str]] = ()):
+    import subprocess
+    import sys
+
+    stub = tmp_path / "bin" / "kubectl"
+    stub.parent.mkdir(exist_ok=True)
+    stub.write_text(_KUBECTL.replace("{python}", sys.executable))
+    stub.chmod(0o755)
+    state = tmp_path / "state.json"
+    state.write_text(json.dumps({"dep": dep, "job": job, "earlier": list(earlier), "calls": []}))
+    env = {"PATH": f"{stub.parent}{os.pathsep}{os.environ['PATH']}", "STUB_STATE": str(state), "POLL_S": "0"}
+    r = subprocess.run(["/bin/sh", "-c", _launcher_script()], env=env, capture_output=True, text=True, timeout=60)
+    calls = json.loads(state.read_text())["calls"]
+    return r.returncode, r.stdout + r.stderr, [c for c in calls if c[0] == "create"]
+
+
+# Every jobDeploymentStatus KubeRay defines (ray-operator/apis/ray/v1/rayjob_types.go).
+_WAITING = ["", "Initializing", "Running", "Waiting", "Retrying", "Suspending", "Suspended"]
+
+
+@pytest.mark.parametrize("status", _WAITING)
+def test_launcher_waits_through_every_unfinished_status_then_succeeds(tmp_path, status):
+    rc, out, created = _launch(tmp_path, [status, status, "Running", "Complete"], job="SUCCEEDED")
+    assert rc == 0 and len(created) == 1, out
+    assert "bertml-score-tonight succeeded" in out and f": {status or 'New'} " in out
+
+
+@pytest.mark.parametrize("dep,job,says", [
+    ("Failed", "FAILED", "Failed: TheReason what KubeRay says"),
+    ("ValidationFailed", "", "ValidationFailed: TheReason what KubeRay says"),
+    ("Complete", "FAILED", "ended: FAILED"),
+    ("Complete", "STOPPED", "ended: STOPPED"),
+    ("Complete", "", "ended: no job status"),
+    ("SomethingNew", "", "unknown jobDeploymentStatus 'SomethingNew'"),
+])
+def test_launcher_fails_loudly_on_every_failed_or_unknown_status(tmp_path, dep, job, says):
+    rc, out, _ = _launch(tmp_path, ["Initializing", dep], job=job)
+    assert rc == 1 and says in out, out
+
+
+@pytest.mark.parametrize("earlier", _WAITING)
+def test_an_unfinished_earlier_rayjob_fails_the_night_instead_of_skipping_it_quietly(tmp_path, earlier):
+    rc, out, created = _launch(tmp_path, ["Complete"], job="SUCCEEDED",
+                               earlier=[("bertml-score-old1", "Complete"), ("bertml-score-old2", earlier)])
+    assert rc == 1 and not created, out
+    assert "bertml-score-old2" in out and "skipped" in out and "bertml-score-old1" not in out
+
+
+@pytest.mark.parametrize("earlier", ["Complete", "Failed", "ValidationFailed"])
+def test_finished_earlier_rayjobs_do_not_block_tonight(tmp_path, earlier):
+    rc, out, created = _launch(tmp_path, ["Running", "Complete"], job="SUCCEEDED",
+                               earlier=[("bertml-score-old", earlier)])
+    assert rc == 0 and len(created) == 1, out

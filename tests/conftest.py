@@ -32,7 +32,8 @@ def tiny_encoder(tmp_path_factory):
     return build_tiny_model(str(tmp_path_factory.mktemp("tiny") / "encoder"))
 
 
-def make_checkpoint(path: str, multi: bool = True, thresholds: list[float] | None = None, max_length: int = 64) -> str:
+def make_checkpoint(path: str, multi: bool = True, thresholds: list[float] | None = None, max_length: int = 64,
+                    english_only: bool = False) -> str:
     """A bertml checkpoint from the tiny random-init model (no training: fast)."""
     from tiny import KEYWORDS, build_tiny_model
 
@@ -40,7 +41,7 @@ def make_checkpoint(path: str, multi: bool = True, thresholds: list[float] | Non
     from bertml.labels import LabelSet
     from bertml.model import build_model, load_tokenizer
 
-    enc = build_tiny_model(path + "-encoder")
+    enc = build_tiny_model(path + "-encoder", english_only=english_only)
     labels = LabelSet(tuple(sorted(KEYWORDS)), multi)
     model = build_model(enc, labels)
     meta = ckpt_io.CheckpointMeta(

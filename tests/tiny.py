@@ -50,8 +50,10 @@ def write_parquet(rows: list[dict], path: str, single: bool = False) -> str:
     return path
 
 
-def build_tiny_model(path: str, labels: list[str] | None = None, multi: bool = True, seed: int = 0) -> str:
-    """Write a random-init tiny BERT (2 layers, hidden 32) + locally trained vocab to `path`."""
+def build_tiny_model(path: str, labels: list[str] | None = None, multi: bool = True, seed: int = 0,
+                     english_only: bool = False) -> str:
+    """Write a random-init tiny BERT (2 layers, hidden 32) + locally trained vocab to `path`
+    (`english_only`: the vocab never saw a non-ASCII character, as an English encoder's)."""
     import torch
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
@@ -59,6 +61,8 @@ def build_tiny_model(path: str, labels: list[str] | None = None, multi: bool = T
     rng = random.Random(seed)
     corpus = [sentence(rng, rng.sample(list(KEYWORDS), 2)) for _ in range(400)]
     corpus += ["emoji 🙂 🎉 mixed 中文 English العربية русский", "hello world"]
+    if english_only:
+        corpus = [" ".join(w for w in t.split() if w.isascii()) for t in corpus]
     tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(handle_chinese_chars=True, lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()

@@ -4,15 +4,19 @@ arithmetic must leave room for text."""
 
 from __future__ import annotations
 
+import logging
 import os
 
 from bertml import checkpoint as ckpt_io
+from bertml import coverage
 from bertml import shards as sh
 from bertml.config import ScoreConfig
 from bertml.output import OutputDir, OutputError, output_name, same_or_below, within
-from bertml.scoring.read import cached_tokenizer
+from bertml.scoring.read import cached_tokenizer, read_columns
 from bertml.secrets import overlap, redact
 from bertml.tokenization import special_tokens
+
+log = logging.getLogger("bertml.score")
 
 
 def check_window(cfg: ScoreConfig, checkpoint: str, max_length: int) -> None:
@@ -109,3 +113,21 @@ def check_shards(results, cfg: ScoreConfig, keep: list[str]) -> tuple[list[sh.Sh
             continue
         good.append(r)
     return good, bad
+
+
+def sample_coverage(cfg: ScoreConfig, checkpoint: str, infos: list[sh.ShardInfo]) -> coverage.Coverage | None:
+    """How much of the input the tokenizer can read, on the start of the smallest non-empty
+    row group of the input (one small read); a warning when it reads little of it."""
+    groups = [(n, i, g) for i, info in enumerate(infos) for g, n in enumerate(info.row_group_rows) if n]
+    if not groups:
+        return None
+    _, i, g = min(groups)
+    try:
+        texts = read_columns(infos[i], [cfg.text_column], range(g, g + 1)).column(0).slice(0, coverage.SAMPLE_TEXTS)
+    except Exception:  # noqa: BLE001 - an unreadable shard is flagged by the run itself
+        return None
+    cov = coverage.check(cached_tokenizer(checkpoint, cfg.trust_remote_code), texts.to_pylist())
+    msg = coverage.warning(cov, f"column {cfg.text_column!r} of {infos[i].shard.uri}")
+    if msg:
+        log.warning("%s", msg)
+    return cov

@@ -12,6 +12,7 @@ from bertml import checkpoint as ckpt_io
 from bertml import cluster
 from bertml import shards as sh
 from bertml.config import ScoreConfig, to_dict
+from bertml.coverage import Coverage
 from bertml.output import (
     MANIFEST,
     META_CHECKPOINT,
@@ -29,6 +30,7 @@ from bertml.scoring.checks import (
     checkpoint_name,
     kept_columns,
     refuse_files_in_the_way,
+    sample_coverage,
 )
 from bertml.scoring.coordinator import Coordinator
 from bertml.scoring.plan import default_unit_rows, resources
@@ -52,6 +54,7 @@ class Accepted:
     good: list[sh.ShardInfo]
     bad: list[dict]
     names: list[str]  # output name per good shard
+    coverage: Coverage | None = None  # how much of a sample of the text the tokenizer reads
 
 
 def score(cfg: ScoreConfig) -> ScoreSummary:
@@ -68,6 +71,7 @@ def score(cfg: ScoreConfig) -> ScoreSummary:
             "checkpoint": checkpoint_name(cfg.checkpoint), "fingerprint": run.fingerprint,
             "labels": run.meta.labels, "config": redact(to_dict(cfg)), "summary": asdict(summary),
             "shards": records, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            **({"coverage": run.coverage.record()} if run.coverage else {}),
         })
         return summary
     finally:
@@ -101,7 +105,8 @@ def preflight(cfg: ScoreConfig) -> Accepted:
         )
     for b in bad:
         log.warning("skipping bad shard %s", b["error"])
-    return Accepted(local_ckpt, meta, max_length, ckpt_io.fingerprint(local_ckpt), out, good, bad, names)
+    return Accepted(local_ckpt, meta, max_length, ckpt_io.fingerprint(local_ckpt), out, good, bad, names,
+                    sample_coverage(cfg, local_ckpt, good))
 
 
 def score_accepted(cfg: ScoreConfig, run: Accepted) -> tuple[ScoreSummary, list[dict]]:
@@ -113,7 +118,8 @@ def score_accepted(cfg: ScoreConfig, run: Accepted) -> tuple[ScoreSummary, list[
     if cfg.overwrite:
         out.clear()
     out.clean_tmp()
-    summary = ScoreSummary(output=redact(cfg.output), shards_skipped=run.bad)
+    summary = ScoreSummary(output=redact(cfg.output), shards_skipped=run.bad,
+                           unk_rate=run.coverage.unk_rate if run.coverage and run.coverage.tokens else None)
     options = output_options(cfg, run.max_length)
     done = resumable(out, run.good, found, run.fingerprint, options) if cfg.resume and not cfg.overwrite \
         else [False] * len(run.good)

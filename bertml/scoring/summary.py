@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from bertml.coverage import UNK_WARN
+
 
 @dataclass
 class ScoreSummary:
@@ -22,6 +24,7 @@ class ScoreSummary:
     parts: int = 0  # units' results written by the scoring actors (parts), this run
     units: int = 0  # read/tokenize units planned (runs of row groups, or slices of one)
     read_tasks: int | None = None  # Ray tasks that ran them (one each, spread over the cores)
+    unk_rate: float | None = None  # share of [UNK] tokens in a sample of the input (bertml.coverage)
 
     @property
     def rows_per_s(self) -> float:
@@ -38,6 +41,9 @@ class ScoreSummary:
             + (f" in {self.read_tasks} tasks" if self.read_tasks is not None else ""),
             "status            " + ", ".join(f"{k}={v}" for k, v in sorted(self.status.items())),
         ]
+        if self.unk_rate is not None and self.unk_rate > UNK_WARN:
+            lines.append(f"coverage          {self.unk_rate:.1%} of a sample's tokens are [UNK]: the encoder's "
+                         "vocabulary does not cover this text (see the warning above)")
         if self.duplicate_ids:
             about = "about " if self.duplicate_ids_estimated else ""
             lines.append(f"duplicate ids     {about}{self.duplicate_ids} (kept, not merged)")

@@ -1,0 +1,71 @@
+"""The coverage check: an encoder whose vocabulary cannot read the text says so."""
+
+import pytest
+from tiny import build_tiny_model, make_rows
+
+from bertml import coverage
+from bertml.model import load_tokenizer
+
+CHINESE = ["今天城市新闻报道了足球比赛的结果", "银行和市场的价格今天上涨", "我们在一个新的城市看比赛"] * 20
+KNOWN_CHINESE = ["今天城市新闻足球比赛", "我们一个城市", "足球 比赛 今天 新闻"] * 20  # characters the tiny vocab saw
+ENGLISH = [r["text"] for r in make_rows(60, seed=5) if r["text"].isascii()]
+
+
+@pytest.fixture(scope="module")
+def english_tok(tmp_path_factory):
+    return load_tokenizer(build_tiny_model(str(tmp_path_factory.mktemp("en") / "enc"), english_only=True))
+
+
+@pytest.fixture(scope="module")
+def mixed_tok(tiny_encoder):
+    return load_tokenizer(tiny_encoder)
+
+
+def test_an_english_vocabulary_on_chinese_text_warns_naming_the_unknown_characters(english_tok):
+    cov = coverage.check(english_tok, CHINESE + [None, "  "])
+    assert cov.texts == 60 and cov.unk_rate > 0.5
+    assert {u for u, _ in cov.top_unknown} & set("今天城市新闻足球比赛")
+    msg = coverage.warning(cov, "the input")
+    assert msg and "[UNK]" in msg and "the input" in msg and "今" in "".join(u for u, _ in cov.top_unknown)
+    assert cov.record()["unk_rate"] == round(cov.unk_rate, 5)
+
+
+def test_english_text_on_an_english_vocabulary_does_not_warn(english_tok):
+    cov = coverage.check(english_tok, ENGLISH)
+    assert cov.texts == len(ENGLISH) and cov.unk_rate <= coverage.UNK_WARN
+    assert coverage.warning(cov, "the input") is None
+
+
+def test_a_vocabulary_that_covers_chinese_does_not_warn(mixed_tok):
+    cov = coverage.check(mixed_tok, KNOWN_CHINESE)
+    assert cov.tokens >= 60
+    assert cov.unk_rate <= coverage.UNK_WARN and coverage.warning(cov, "x") is None
+
+
+def test_no_text_no_warning(english_tok):
+    cov = coverage.check(english_tok, [None, "", " \n"])
+    assert cov.texts == 0 and coverage.warning(cov, "x") is None
+
+
+def test_scoring_chinese_with_an_english_vocabulary_warns_and_records_it(ray_local, tmp_path, caplog):
+    import json
+    import logging
+    import os
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from conftest import make_checkpoint
+
+    from bertml.config import ScoreConfig
+    from bertml.scoring import score
+
+    ckpt = make_checkpoint(str(tmp_path / "en"), english_only=True)
+    os.makedirs(tmp_path / "in")
+    pq.write_table(pa.table({"id": list(range(len(CHINESE))), "text": CHINESE}), tmp_path / "in" / "zh.parquet")
+    with caplog.at_level(logging.WARNING, logger="bertml.score"):
+        s = score(ScoreConfig(checkpoint=ckpt, input=str(tmp_path / "in"), output=str(tmp_path / "out"), use_gpu=False))
+    assert s.rows == len(CHINESE) and s.unk_rate > 0.5
+    assert "[UNK]" in s.format()
+    assert any("are [UNK]" in r.getMessage() and "zh.parquet" in r.getMessage() for r in caplog.records)
+    manifest = json.load(open(tmp_path / "out" / "_bertml_manifest.json"))
+    assert manifest["coverage"]["unk_rate"] > 0.5 and manifest["coverage"]["texts"] == len(CHINESE)

@@ -42,15 +42,11 @@ def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> to
 
 
 def make_scheduler(optimizer, total_steps: int, warmup_ratio: float) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warmup to the peak LR, then linear decay to 0."""
-    warmup = int(total_steps * warmup_ratio)
+    """Linear warmup from 0 to the peak LR over `int(total_steps * warmup_ratio)` steps, then
+    linear decay to 0 (transformers' schedule; its state resumes with the train state)."""
+    from transformers import get_linear_schedule_with_warmup
 
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / max(1, warmup)
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return get_linear_schedule_with_warmup(optimizer, int(total_steps * warmup_ratio), total_steps)
 
 
 def optimizer_step(model, micro_batches, optimizer, scheduler, *, multi_label: bool, pos_weight=None,

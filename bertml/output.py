@@ -42,6 +42,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from bertml.errors import BertmlError
+
 MANIFEST, LOCK = "_bertml_manifest.json", "_bertml.lock"
 META_LABELS, META_CHECKPOINT, META_FINGERPRINT = b"bertml.labels", b"bertml.checkpoint", b"bertml.fingerprint"
 META_OPTIONS, META_INPUT = b"bertml.options", b"bertml.input"  # scoring options; the input shard's rows and bytes
@@ -75,7 +77,7 @@ def part_name(name: str, start: int, end: int, key: str) -> str:
     return f"{PARTS}/{name}/{start:012d}-{end:012d}-{key}.parquet"
 
 
-class OutputError(ValueError):
+class OutputError(BertmlError, ValueError):
     """The output folder cannot be used as asked."""
 
 
@@ -381,7 +383,8 @@ class OutputDir:
         if info.type == pafs.FileType.NotFound:
             return True
         try:
-            m = self.read_json(MANIFEST)
+            with self.fs.open_input_stream(info.path) as f:
+                m = json.loads(f.read().decode("utf-8"))
         except (OSError, ValueError):
             return False
         return info.is_file and isinstance(m, dict) and {"fingerprint", "shards", "summary"} <= set(m)
@@ -401,12 +404,6 @@ class OutputDir:
             _unlink_quietly(tmp)
             raise
 
-    def read_json(self, name: str) -> dict | None:
-        if not self.exists(name):
-            return None
-        with self.fs.open_input_stream(self.path(name)) as f:
-            return json.loads(f.read().decode("utf-8"))
-
     # -- one writer at a time
     def lock(self) -> None:
         """Refuse to run while another run writes here.
@@ -415,6 +412,16 @@ class OutputDir:
         kernel releases it when its holder exits, however it dies, and nothing in the folder
         can be deleted or linked to break it. `_bertml.lock` only names the holder (host,
         pid) for the message; it is replaced atomically, never written through.
+
+        Not `filelock`: its Unix lock is a flock on the lock *file*, which it leaves in place
+        on release, opens with O_NOFOLLOW and re-creates when deleted. That breaks promises
+        the tests hold this lock to: no `_bertml.lock` left after a run (test_scoring_faults,
+        test_bad_input, test_score), deleting it admits no second writer
+        (test_deleting_the_lock_file_does_not_admit_a_second_writer), and a `_bertml.lock`
+        symlink neither stops the run nor is written through
+        (test_links_and_neighbours_in_the_output_folder_are_never_written_through); and it
+        cannot lock a directory (EISDIR). Nor does it lock object stores, which have no lock
+        here either.
         """
         if not self.local:
             return  # object stores have no atomic create; README: one nightly run per output

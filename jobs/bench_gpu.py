@@ -23,7 +23,7 @@ clock after warm-up:
   D  `bertml.score.score` end to end through Ray Data (read -> tokenize on CPU tasks ->
      one GPU actor -> Parquet commit) on N and 3N rows of that corpus, default config;
      "warm" = 2N / (T(3N) - T(N)); GPU busy = share of samples where the GPU was busy
-  E  training: `bertml.train.optimizer_step` (bf16 autocast, AdamW, clipping) in a plain
+  E  training: `bertml.train_loop.optimizer_step` (bf16 autocast, AdamW, clipping) in a plain
      loop on fixed tensors, seq 128; MFU counts 3x the forward FLOPs
 The last line is `gpu_mfu_bert_base_seq128=<executed MFU of the shipped path>`.
 """

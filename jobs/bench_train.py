@@ -140,11 +140,11 @@ def gpu_section(args, work: str, encoder: str) -> list[str]:
 
 
 def plain_loop(model_dir: str, seq: int, args, dev) -> float:
-    """samples/s of bertml.train.optimizer_step on fixed tensors on `dev` (bf16 autocast on CUDA)."""
+    """samples/s of bertml.train_loop.optimizer_step on fixed tensors on `dev` (bf16 autocast on CUDA)."""
     import torch
 
     from bertml.model import build_model, device_autocast
-    from bertml.train import make_optimizer, make_scheduler, optimizer_step
+    from bertml.train_loop import make_optimizer, make_scheduler, optimizer_step
 
     labels = bc.label_set(10)
     model = build_model(model_dir, labels).to(dev).train()

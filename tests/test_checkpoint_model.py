@@ -100,3 +100,41 @@ def test_pickle_only_checkpoint_is_refused(ckpt_copy):
     torch.save(state, os.path.join(ckpt_copy, "pytorch_model.bin"))
     with pytest.raises(ckpt_io.CheckpointError, match="pickle-based weights are refused"):
         ckpt_io.read_meta(ckpt_copy)
+
+
+def test_lr_schedule_and_its_resume_from_the_train_state(tmp_path):
+    """Warmup from 0, linear decay to 0 (transformers' schedule); an optimizer and schedule
+    restored from the train state continue exactly where the saved ones were."""
+    from bertml.train_loop import make_optimizer, make_scheduler
+
+    def fresh():
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.LayerNorm(2))
+        opt = make_optimizer(model, 1.0, 0.01)
+        return model, opt, make_scheduler(opt, 20, 0.2)
+
+    def steps(model, opt, sched, n):
+        lrs = []
+        for _ in range(n):
+            lrs.append(sched.get_last_lr()[0])
+            model(torch.ones(4, 3)).sum().backward()
+            opt.step()
+            sched.step()
+            opt.zero_grad()
+        return lrs
+
+    model, opt, sched = fresh()
+    first = steps(model, opt, sched, 7)
+    assert first == pytest.approx([0.0, 0.25, 0.5, 0.75, 1.0, 15 / 16, 14 / 16])
+    weights = {k: v.clone() for k, v in model.state_dict().items()}  # (saved with the model folder)
+    ckpt_io.save_train_state(str(tmp_path), opt, sched, None, epoch=1, step=7, history=[{"epoch": 1}])
+    rest = steps(model, opt, sched, 13)
+    assert rest[0] == pytest.approx(13 / 16) and rest[-1] == pytest.approx(1 / 16)
+
+    resumed, opt2, sched2 = fresh()
+    resumed.load_state_dict(weights)
+    state = ckpt_io.load_train_state(str(tmp_path), opt2, sched2, None)
+    assert (state["epoch"], state["step"], state["history"]) == (1, 7, [{"epoch": 1}])
+    assert steps(resumed, opt2, sched2, 13) == rest
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[k], v, rtol=0, atol=0)

@@ -8,6 +8,7 @@ import pytest
 from tiny import make_rows, write_parquet
 
 from bertml import checkpoint as ckpt_io
+from bertml import faults
 from bertml.config import TrainConfig, load
 from bertml.shards import InputError
 from bertml.train import train
@@ -55,7 +56,8 @@ def test_single_label_end_to_end(ray_local, tiny_encoder, tmp_path):
 def test_worker_failure_resumes_from_last_checkpoint(ray_local, tiny_encoder, tmp_path):
     data = write_parquet(make_rows(300, seed=3), str(tmp_path / "data" / "train.parquet"))
     fault = {"point": "train_epoch", "epoch": 2, "rank": 1, "mode": "raise", "marker": str(tmp_path / "fired")}
-    result = train(train_cfg(tmp_path, tiny_encoder, data, "optim.epochs=3"), _fault=fault)
+    with faults.inject(fault):
+        result = train(train_cfg(tmp_path, tiny_encoder, data, "optim.epochs=3"))
     assert os.path.exists(tmp_path / "fired")
     epochs = [h["epoch"] for h in result.history]
     assert epochs == [1, 2, 3]  # nothing repeated, nothing lost
@@ -75,7 +77,7 @@ def _ddp_loop(config):
     from bertml.labels import LabelSet
     from bertml.model import build_model, load_tokenizer
     from bertml.tokenization import tokenize_for_training
-    from bertml.train import make_scheduler, optimizer_step
+    from bertml.train_loop import make_scheduler, optimizer_step
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()

@@ -308,6 +308,7 @@ def test_a_symlink_then_dotdot_in_run_output_checks_and_writes_the_same_folder(t
     textual one, whose contents (a user's thesis) were then removed."""
     import ray.train
 
+    from bertml.config import to_dict
     from bertml.train import _finalize, check_output
 
     w = tmp_path / "w"
@@ -318,7 +319,7 @@ def test_a_symlink_then_dotdot_in_run_output_checks_and_writes_the_same_folder(t
     monkeypatch.chdir(tmp_path)
     cfg = _train_cfg(tmp_path, tiny_encoder, str(w / "link" / ".." / "victim"))
     check_output(cfg)
-    assert _finalize(ray.train.Checkpoint.from_directory(multi_ckpt), cfg) == str(w / "deep" / "victim")
+    assert _finalize(ray.train.Checkpoint.from_directory(multi_ckpt), cfg, to_dict(cfg)) == str(w / "deep" / "victim")
     assert os.listdir(w / "victim") == ["thesis.docx"]
     assert os.path.exists(w / "deep" / "victim" / "bertml.json")
 
@@ -330,6 +331,7 @@ def test_final_checkpoint_is_assembled_beside_the_destination_and_replaces_only_
     import ray.train
 
     from bertml import checkpoint as ckpt_io
+    from bertml.config import to_dict
     from bertml.train import _finalize
 
     work = tmp_path / "work"
@@ -341,7 +343,7 @@ def test_final_checkpoint_is_assembled_beside_the_destination_and_replaces_only_
     (dest / "vocab.txt").write_text("stale")
     cfg = _train_cfg(tmp_path, tiny_encoder, "model")
     best = ray.train.Checkpoint.from_directory(multi_ckpt)
-    assert _finalize(best, cfg) == str(dest)
+    assert _finalize(best, cfg, to_dict(cfg)) == str(dest)
     assert sorted(os.listdir(work)) == ["keep.txt", "model"]
     assert ckpt_io.read_meta(str(dest)).config["run"]["output"] == "model"
     assert not (dest / "vocab.txt").exists()  # the stale file went with the old checkpoint

@@ -5,6 +5,7 @@ import os
 import pytest
 from tiny import make_rows, write_parquet
 
+from bertml import faults
 from bertml.config import TrainConfig, load
 from bertml.train import train
 
@@ -32,7 +33,8 @@ def test_training_worker_killed_resumes_from_last_checkpoint(ray_local, tiny_enc
     ])
     fault = {"point": "train_epoch", "epoch": 2, "rank": 1, "mode": "kill", "marker": marker,
              "delay_s": 5}
-    result = train(cfg, _fault=fault)
+    with faults.inject(fault):
+        result = train(cfg)
     assert os.path.exists(marker)  # the kill happened
     assert [h["epoch"] for h in result.history] == [1, 2, 3]  # nothing repeated, nothing lost
     by_epoch = {h["epoch"]: h for h in result.history}

@@ -1,4 +1,4 @@
-"""Shared pieces of the benchmarks in jobs/ (bench_score.py, bench_train.py).
+"""Shared pieces of the benchmarks in jobs/bench/.
 
 Checkpoints and corpora built offline in a temp folder, a sampler of the whole process
 tree's memory, BERT FLOP counts for MFU, and a plain-text table. Nothing here runs at

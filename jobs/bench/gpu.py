@@ -1,7 +1,7 @@
 """GPU benchmark (issue 4): scoring speed and MFU on one GPU, side by side, plus a training step.
 
-    python jobs/bench_gpu.py                                  # ~4 min on one H100/H200
-    python jobs/bench_gpu.py --tokenizer path/to/bert-tokenizer --compile --json out.json
+    python -m jobs.bench.gpu                                  # ~4 min on one H100/H200
+    python -m jobs.bench.gpu --tokenizer path/to/bert-tokenizer --compile --json out.json
 
 Needs CUDA; nothing here downloads. Models are random-init BERT-base (BertConfig()
 defaults: 12 layers, hidden 768) with a 10-label multi-label head and the uncased
@@ -41,8 +41,7 @@ import traceback
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import bench_common as bc  # noqa: E402
+from jobs.bench import common as bc
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -168,7 +167,6 @@ def section_a(ckpt: str, texts: list[str], res: dict) -> list[str]:
 
 def section_b(ckpt: str, args, res: dict, only_compile: bool = False) -> list[str]:
     import torch
-    from bench_score import fixed_batch
     from transformers import BertConfig
 
     from bertml.scorer import Scorer
@@ -261,12 +259,12 @@ def gemm_only_rows_per_s(config, seq: int, rows: int, reps: int = 5) -> float:
 
 def section_c(ckpt: str, texts: list[str], args, res: dict) -> list[str]:
     import torch
-    from bench_score import pretokenize, token_lengths
     from transformers import AutoConfig, pipeline
 
     from bertml.config import GPU_BATCH
     from bertml.model import load_tokenizer
     from bertml.scorer import Scorer
+    from jobs.bench.score import pretokenize, token_lengths
 
     lengths = token_lengths(load_tokenizer(ckpt), texts, 256)
     cfg = AutoConfig.from_pretrained(ckpt)
@@ -343,8 +341,9 @@ def section_d(ckpt: str, words: list[str], work: str, args, res: dict) -> list[s
 
 def section_e(work: str, tokenizer: str, shape: dict, args, res: dict) -> list[str]:
     import torch
-    from bench_train import plain_loop
     from transformers import BertConfig
+
+    from jobs.bench.train import plain_loop
 
     enc = bc.random_bert_encoder(os.path.join(work, "bert_base_encoder"), tokenizer, **shape)
     ns = argparse.Namespace(gpu_batch=args.train_batch, gpu_steps=args.train_steps, seed=args.seed)
@@ -365,7 +364,7 @@ def main(argv=None) -> int:
     import torch
 
     if not torch.cuda.is_available() and not args.cpu_dry_run:
-        print("bench_gpu: CUDA is not available on this machine; nothing to measure (--cpu-dry-run checks the script).")
+        print("jobs.bench.gpu: CUDA is not available on this machine; nothing to measure (--cpu-dry-run checks the script).")
         return 0
     from bertml.model import load_tokenizer
 

@@ -1,7 +1,7 @@
 """Scoring benchmark (issue 4): bertml vs a naive `transformers.pipeline`, side by side.
 
-    .venv/bin/python jobs/bench_score.py                       # ~3-4 min on 2 idle CPU cores
-    .venv/bin/python jobs/bench_score.py --rows 200 --pipeline-rows 64   # quick look
+    .venv/bin/python -m jobs.bench.score                       # ~3-4 min on 2 idle CPU cores
+    .venv/bin/python -m jobs.bench.score --rows 200 --pipeline-rows 64   # quick look
 
 Model: MiniLM-L6 (the packaged all-MiniLM-L6-v2) with a fresh 10-label multi-label head,
 thresholds 0.5, max_length 256 (flag), saved as a bertml checkpoint in a temp folder.
@@ -25,7 +25,7 @@ gcs and workers), sampled every 2 s (every 0.5 s cost 0.05 core here) during the
 10*N runs; must stay flat (10N/N <= 1.2).
 Shared machines: before each timed part the script waits (--wait-quiet) for the box to be
 idle, and every row reports the share of the cores other processes used meanwhile.
-GPU figures (BERT-base rows/s and MFU, end to end on a GPU actor): jobs/bench_gpu.py.
+GPU figures (BERT-base rows/s and MFU, end to end on a GPU actor): jobs/bench/gpu.py.
 """
 
 from __future__ import annotations
@@ -40,8 +40,7 @@ import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import bench_common as bc  # noqa: E402
+from jobs.bench import common as bc
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -239,7 +238,7 @@ def main(argv=None) -> int:
         print(f"memory_ratio_10n_vs_n={ratio:.2f} ({'flat, <= 1.2' if ratio <= 1.2 else 'NOT flat, > 1.2'}; "
               f"peak-RSS bound {mon_n10.hwm / mon_n.hwm:.2f})")
     print()
-    print("GPU figures: jobs/bench_gpu.py")
+    print("GPU figures: jobs/bench/gpu.py")
     if not args.workdir:
         shutil.rmtree(work, ignore_errors=True)
     timed = [mon_pipe, mon_sc_sub, mon_sc_n, mon_n] + ([mon_n10] if mon_n10 else [])

@@ -1,8 +1,8 @@
 """Scoring at scale: the driver process's cost and 1- vs 2-node rows/s, baseline vs candidate.
 
-    .venv/bin/python jobs/bench_scale.py --baseline-ref <commit>    # N = 1,000,000 (hours, below)
-    .venv/bin/python jobs/bench_scale.py --rows 100000 --cluster-rows 100000  # 17 min, both sides
-    .venv/bin/python jobs/bench_scale.py --skip-baseline --only local        # candidate, (a) only
+    .venv/bin/python -m jobs.bench.scale --baseline-ref <commit>    # N = 1,000,000 (hours, below)
+    .venv/bin/python -m jobs.bench.scale --rows 100000 --cluster-rows 100000  # 17 min, both sides
+    .venv/bin/python -m jobs.bench.scale --skip-baseline --only local        # candidate, (a) only
 
 Two versions of bertml, each score() in its own fresh child process (`sys.executable -c`,
 PYTHONPATH and cwd = its tree; the child checks that its `bertml`, and every Ray node's,
@@ -70,10 +70,9 @@ from collections import Counter
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import bench_common as bc  # noqa: E402
+from jobs.bench import common as bc
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RESULT = "BENCH_SCALE_RESULT "
 RAY_CURRENT = "/tmp/ray/ray_current_cluster"
 TINY_BERT = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,

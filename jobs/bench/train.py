@@ -1,8 +1,8 @@
 """Training benchmark (issue 3): samples/s with 1 vs 2 Ray Train workers, side by side.
 
-    .venv/bin/python jobs/bench_train.py                      # ~5-6 min on 2 CPU cores
-    .venv/bin/python jobs/bench_train.py --n-docs 200         # quicker, noisier
-    .venv/bin/python jobs/bench_train.py --gpu-report --peak-flops 989e12   # on a GPU box
+    .venv/bin/python -m jobs.bench.train                      # ~5-6 min on 2 CPU cores
+    .venv/bin/python -m jobs.bench.train --n-docs 200         # quicker, noisier
+    .venv/bin/python -m jobs.bench.train --gpu-report --peak-flops 989e12   # on a GPU box
 
 CPU part: `bertml.train.train` fine-tunes MiniLM-L6 (the packaged all-MiniLM-L6-v2,
 6 layers, hidden 384) on the BBC multi-label corpus (`bertml.corpus.build_bbc_multilabel`,
@@ -30,8 +30,7 @@ import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import bench_common as bc  # noqa: E402
+from jobs.bench import common as bc
 
 
 def parse_args(argv=None) -> argparse.Namespace:

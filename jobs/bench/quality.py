@@ -258,7 +258,7 @@ def main(argv: list[str]) -> int:
     try:
         cfg = load(BenchConfig, None, argv)
     except ConfigError as e:
-        print(f"bench_quality: config error: {e}", file=sys.stderr)
+        print(f"jobs.bench.quality: config error: {e}", file=sys.stderr)
         return 2
     log.info("bench_quality config: %s", json.dumps(to_dict(cfg), ensure_ascii=False))
     t0 = time.perf_counter()

@@ -3,6 +3,8 @@
     .venv/bin/python -m jobs.bench.scale --baseline-ref <commit>    # N = 1,000,000 (hours, below)
     .venv/bin/python -m jobs.bench.scale --rows 100000 --cluster-rows 100000  # 17 min, both sides
     .venv/bin/python -m jobs.bench.scale --skip-baseline --only local        # candidate, (a) only
+    .venv/bin/python -m jobs.bench.scale --skip-baseline --only local --text without --rows 64 --shards 2
+        # 2 runs: what tests/test_benchmarks.py does
 
 Two versions of bertml, each score() in its own fresh child process (`sys.executable -c`,
 PYTHONPATH and cwd = its tree; the child checks that its `bertml`, and every Ray node's,
@@ -30,7 +32,8 @@ Guards: summary.rows and the rows in the output folder (a pyarrow dataset, `_`/`
 ignored) must equal the input rows. Each run's output folder is deleted after it.
 
   (a) local Ray (bertml.runtime.init_ray(num_cpus=--local-cpus)): N and 10*N rows, with and
-      without the text passed through (passthrough=["text"] vs []): 4 runs a side
+      without the text passed through (passthrough=["text"] vs []): 4 runs a side (2 with
+      --text with|without)
   (b) --cluster-rows rows, no text passthrough, on a `ray.cluster_utils.Cluster` this script
       starts for each run (its raylets need PYTHONPATH=<tree> for the workers): 1 node x
       2 CPUs, then 2 nodes x 1 CPU, the same object store in all (--cluster-store-mib); the
@@ -51,6 +54,8 @@ and then ~7500 rows/s (2 idle cores, 2026-12-01, both versions). `--rows 100000
 The defaults score 22.6 M rows a side (2 x (1 + 10) M local, 2 x 0.3 M cluster): about
 5 h for both sides there (extrapolated), half with --skip-baseline; the first run writes
 the corpora (10 M rows: ~20 s, ~450 MiB).
+Modules: scale_inputs (checkpoint, corpora, versions), scale_runs (the child, the runs, the
+local clusters), scale_report (tables and key=value lines).
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
     .venv/bin/python -m jobs.bench.score                       # ~3-4 min on 2 idle CPU cores
     .venv/bin/python -m jobs.bench.score --rows 200 --pipeline-rows 64   # quick look
+    .venv/bin/python -m jobs.bench.score --rows 8 --pipeline-rows 8 --warmup-rows 0 --wait-quiet 0  # smoke
 
 Model: MiniLM-L6 (the packaged all-MiniLM-L6-v2) with a fresh 10-label multi-label head,
 thresholds 0.5, max_length 256 (flag), saved as a bertml checkpoint in a temp folder.

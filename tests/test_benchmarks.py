@@ -3,7 +3,9 @@
 
 The runs call each benchmark's `main(argv)` in this process, on the session's Ray (a
 benchmark joins a running Ray and leaves it running); `python -m jobs.bench.<name>` itself is
-checked from the repository root with --help (and bench gpu's no-GPU exit).
+checked from the repository root with --help (and bench gpu's no-GPU exit). Those checks
+take seconds; each smoke run starts Ray actors, Ray Train runs or child processes (over
+30 s each: `slow`, still in CI's run).
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ def test_gpu_section_that_raises_is_reported_and_fails_the_run(capsys):
     assert "jobs.bench.gpu: failed: A: ZeroDivisionError" in out.err
 
 
+@pytest.mark.slow
 def test_gpu_cpu_dry_run_runs_every_section(ray_local, capsys):
     from jobs.bench import gpu
 
@@ -79,6 +82,7 @@ def test_gpu_cpu_dry_run_runs_every_section(ray_local, capsys):
     assert float(key_values(out)["gpu_mfu_bert_base_seq128"]) > 0
 
 
+@pytest.mark.slow
 def test_score_benchmark(ray_local, capsys):
     from jobs.bench import score
 
@@ -123,9 +127,27 @@ def test_scale_benchmark_local_part(capsys):
 
     # Each run is a fresh child process with its own Ray: two runs (N and 10N, no text).
     rc = scale.main(["--skip-baseline", "--only", "local", "--text", "without", "--rows", "64", "--shards", "2",
-                     "--wait-quiet", "0", "--idle-probe-s", "0", "--timeout", "300"])
+                     "--wait-quiet", "0", "--idle-probe-s", "0", "--timeout", "600"])
     out = capsys.readouterr().out
     assert rc == 0, out
     kv = key_values(out)
     assert float(kv["driver_cpu_s_per_mrow"]) > 0
     assert float(kv["driver_rss_ratio_10x"]) > 0
+
+
+def test_scale_headlines_from_one_text_case(capsys):
+    from jobs.bench.scale_report import print_headlines
+
+    def run(side, rows, cpu_s, hwm, **kw):
+        return {"side": side, "rows_in": rows, "cpu_s": cpu_s, "hwm": hwm, "wall_s": rows / 1000, **kw}
+
+    results = [run("candidate", 100, 0.5, 100, size="N", text=False),
+               run("candidate", 1000, 2.0, 110, size="10N", text=False),  # --text without: no text=True runs
+               run("candidate", 1000, 1.0, 1, n_nodes=1), run("candidate", 1000, 1.0, 1, n_nodes=2),
+               run("baseline", 100, 0.5, 100, size="N", text=False),
+               run("baseline", 1000, 4.0, 120, size="10N", text=False)]
+    print_headlines(results)
+    kv = key_values(capsys.readouterr().out)
+    assert kv == {"driver_cpu_s_per_mrow": "2000.000", "driver_rss_ratio_10x": "1.100", "two_node_vs_one": "1.000",
+                  "baseline_driver_cpu_s_per_mrow": "4000.000", "baseline_driver_rss_ratio_10x": "1.200",
+                  "driver_cpu_vs_baseline": "0.500"}

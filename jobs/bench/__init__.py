@@ -7,6 +7,7 @@ same run, then `key=value` summary lines. Run from the repository root:
     python -m jobs.bench.train [--workers 1,2 ...] # Ray Train samples/s, 1 vs 2 workers
     python -m jobs.bench.scale [--baseline-ref REF ...]  # the driver's cost, 1 vs 2 nodes
 
-`common`, `inputs` and `memory` hold the shared pieces. Importing any of these modules does
-no work; tests/test_benchmarks.py runs each at tiny sizes.
+`common`, `inputs` and `memory` hold the shared pieces; `gpu_sections` and `scale_*` are parts
+of `gpu` and `scale`. Importing any of these modules does no work; tests/test_benchmarks.py
+runs each benchmark at tiny sizes.
 """

@@ -15,7 +15,7 @@ The package follows the data (`score` in pipeline.py runs it):
 
 No scored row passes through the driver: it sees acknowledgements (shard, rows, status)
 and per-shard counts, so its CPU and memory do not grow with the corpus
-(jobs/bench_scale.py). Exactly once: a shard is assembled only when its parts cover every
+(jobs/bench/scale.py). Exactly once: a shard is assembled only when its parts cover every
 row, each row taken once, in input order; a retried unit rewrites the part of the same
 name. The read is our own small stage rather than `read_parquet` because each row must
 carry (shard, row) for that accounting. Read and tokenize are one function, not two

@@ -101,7 +101,7 @@ class Scorer:
             self.forward = torch.compile(self.forward, dynamic=True)
         self.max_tokens, self.pooling, self.top_k = max_tokens, chunk_pooling, top_k
         # `pack`'s padding slack: on a CPU padding costs its FLOPs; a GPU prefers fewer,
-        # bigger passes (jobs/bench_gpu.py, section C: 1.5 was 11% faster than 1.15 on an H200).
+        # bigger passes (jobs/bench/gpu.py, section C: 1.5 was 11% faster than 1.15 on an H200).
         self.slack = 1.5 if self.device.type == "cuda" else 1.15
         self.names = np.array(self.meta.labels, dtype=object)
         self.thresholds = np.asarray(self.meta.thresholds, dtype=np.float32) if self.meta.multi_label else None
@@ -171,7 +171,7 @@ def _release_freed_memory() -> None:
     """Return freed heap to the OS after each batch (glibc keeps it otherwise).
 
     Variable-length forward passes fragment the heap; without this the actor's memory
-    grew ~1.7x from N to 10N rows in jobs/bench_score.py, with it it stays flat.
+    grew ~1.7x from N to 10N rows in jobs/bench/score.py, with it it stays flat.
     """
     libc = _libc()
     if libc is not None:

@@ -4,7 +4,7 @@ A unit is a run of small row groups or a slice of a big one (`plan.plan_units`).
 row carries (shard, row) for the exactly-once accounting, which is why this is our own
 small stage rather than `read_parquet`. Read and tokenize are one function, not two fused
 `map_batches`: Ray Data bundles a fused stage's input up to the later stage's batch size,
-which put every unit into a single task (jobs/bench_gpu.py, section D).
+which put every unit into a single task (jobs/bench/gpu.py, section D).
 """
 
 from __future__ import annotations

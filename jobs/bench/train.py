@@ -1,8 +1,8 @@
 """Training benchmark (issue 3): samples/s with 1 vs 2 Ray Train workers, side by side.
 
-    .venv/bin/python jobs/bench_train.py                      # ~5-6 min on 2 CPU cores
-    .venv/bin/python jobs/bench_train.py --n-docs 200         # quicker, noisier
-    .venv/bin/python jobs/bench_train.py --gpu-report --peak-flops 989e12   # on a GPU box
+    .venv/bin/python -m jobs.bench.train                      # ~5-6 min on 2 CPU cores
+    .venv/bin/python -m jobs.bench.train --n-docs 200         # quicker, noisier
+    .venv/bin/python -m jobs.bench.train --gpu-report --peak-flops 989e12   # on a GPU box
 
 CPU part: `bertml.train.train` fine-tunes MiniLM-L6 (the packaged all-MiniLM-L6-v2,
 6 layers, hidden 384) on the BBC multi-label corpus (`bertml.corpus.build_bbc_multilabel`,
@@ -30,8 +30,9 @@ import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import bench_common as bc  # noqa: E402
+from jobs.bench import common as bc
+from jobs.bench import inputs
+from jobs.bench.memory import TreeMemory
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -116,7 +117,7 @@ def gpu_section(args, work: str, encoder: str) -> list[str]:
     from bertml.train import train
 
     seq = 128
-    base = bc.random_bert_encoder(os.path.join(work, "bert_base"), encoder)
+    base = inputs.random_bert_encoder(os.path.join(work, "bert_base"), encoder)
     data = os.path.join(work, "data_gpu")
     # 3 articles x 150 words: every document is well past 128 tokens, so every batch is [B, 128].
     build_bbc_multilabel(data, seed=args.seed, n_docs=args.gpu_docs, snippet_words=150, shard_rows=2000)
@@ -130,7 +131,7 @@ def gpu_section(args, work: str, encoder: str) -> list[str]:
     rows.append([f"bertml.train, 1 Ray Train worker ({torch.cuda.get_device_name(0)})", str(args.gpu_batch),
                  f"{sps:.0f}", f"{sps * 3 * fwd / 1e12:.1f}", f"{100 * sps * 3 * fwd / args.peak_flops:.1f}%"])
 
-    sps_loop = plain_loop(base, seq, args, torch.device("cuda"))
+    sps_loop = bc.plain_loop(base, seq, args.gpu_batch, args.gpu_steps, args.seed, torch.device("cuda"))
     rows.append(["optimizer_step loop, pre-tokenized, no Ray", str(args.gpu_batch), f"{sps_loop:.0f}",
                  f"{sps_loop * 3 * fwd / 1e12:.1f}", f"{100 * sps_loop * 3 * fwd / args.peak_flops:.1f}%"])
     tok_rps = collate_rows_per_s(base, os.path.join(data, "train"), seq, args.gpu_batch)
@@ -139,62 +140,30 @@ def gpu_section(args, work: str, encoder: str) -> list[str]:
             f"(MFU = samples/s x 3 x {fwd / 1e9:.2f} GFLOP fwd/row / peak {args.peak_flops:.3g} FLOP/s)"]
 
 
-def plain_loop(model_dir: str, seq: int, args, dev) -> float:
-    """samples/s of bertml.train_loop.optimizer_step on fixed tensors on `dev` (bf16 autocast on CUDA)."""
-    import torch
-
-    from bertml.model import build_model, device_autocast
-    from bertml.train_loop import make_optimizer, make_scheduler, optimizer_step
-
-    labels = bc.label_set(10)
-    model = build_model(model_dir, labels).to(dev).train()
-    opt = make_optimizer(model, 1e-4, 0.01)
-    sched = make_scheduler(opt, 10 * args.gpu_steps, 0.1)
-    autocast, _ = device_autocast(dev, "bf16")
-    g = torch.Generator(device="cpu").manual_seed(args.seed)
-    mb = {"input_ids": torch.randint(1000, 30000, (args.gpu_batch, seq), generator=g).to(dev),
-          "attention_mask": torch.ones(args.gpu_batch, seq, dtype=torch.long, device=dev),
-          "targets": (torch.rand(args.gpu_batch, 10, generator=g) < 0.3).float().to(dev)}
-    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-    for _ in range(5):
-        optimizer_step(model, [mb], opt, sched, multi_label=True, autocast=autocast, max_grad_norm=1.0)
-    sync()
-    t0 = time.perf_counter()
-    for _ in range(args.gpu_steps):
-        optimizer_step(model, [mb], opt, sched, multi_label=True, autocast=autocast, max_grad_norm=1.0)
-    sync()
-    return args.gpu_steps * args.gpu_batch / (time.perf_counter() - t0)
-
-
 # ----------------------------------------------------------------------------- main
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    bc.quiet()
-    import ray.data
+def prepare(args, work: str) -> tuple[str, str, float]:
+    """The encoder and the BBC corpus under `work`; forward FLOPs of a mean-length row."""
     from transformers import AutoConfig
 
     from bertml.corpus import build_bbc_multilabel
     from bertml.demo import resolve_model
-    from bertml.runtime import init_ray
-    from bertml.train import _worker_cpus, train
 
-    work = args.workdir or tempfile.mkdtemp(prefix="bench_train_")
-    os.makedirs(work, exist_ok=True)
-    print(f"machine: {bc.machine()}")
-    print(f"start:   {bc.load_line()}")
     encoder = resolve_model("minilm")
     data = os.path.join(work, "data")
     corpus = build_bbc_multilabel(data, seed=args.seed, n_docs=args.n_docs, snippet_words=args.snippet_words)
     toks = mean_tokens(encoder, os.path.join(data, "train"), args.max_length)
-    fwd_row = bc.forward_flops(AutoConfig.from_pretrained(encoder), [toks])
     print(f"data:    BBC multi-label, {corpus['rows']['train']} train / {corpus['rows']['validation']} validation rows, "
           f"{len(corpus['labels'])} labels, {toks:.0f} tokens/row (max_length {args.max_length}); "
           f"model MiniLM-L6 (all-MiniLM-L6-v2)")
-    tok_rps = collate_rows_per_s(encoder, os.path.join(data, "train"), args.max_length, args.batch_size)
-    init_ray()
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    return encoder, data, bc.forward_flops(AutoConfig.from_pretrained(encoder), [toks])
+
+
+def cpu_runs(args, work: str, data: str, encoder: str) -> list[tuple]:
+    """`bertml.train.train` once per worker count: (workers, CPUs and threads per worker,
+    history, tree memory peak) each."""
+    from bertml.train import _worker_cpus, train
 
     results = []
     for w in (int(x) for x in args.workers.split(",")):
@@ -202,19 +171,15 @@ def main(argv=None) -> int:
                            epochs=args.epochs, batch=args.batch_size, seed=args.seed)
         cpus, threads = _worker_cpus(cfg)
         print(f"run {w}w: machine {bc.wait_quiet(args.wait_quiet)}")
-        with bc.TreeMemory() as mon:
+        with TreeMemory() as mon:
             res = train(cfg)
         results.append((w, cpus, threads, res.history, mon.peak))
         print(f"run {w}w: {bc.load_line()}; per epoch samples/s "
               + ", ".join(f"{h['samples_per_s']:.2f}" for h in res.history))
+    return results
 
-    # The GPU run (if any) goes first so that every Ray log line is out before the tables.
-    gpu_lines = (gpu_section(args, work, encoder) if args.gpu_report or _cuda()
-                 else ["GPU section skipped: CUDA is not available (pass --gpu-report on a GPU machine)."])
-    ray.shutdown()
-    if not args.workdir:
-        shutil.rmtree(work, ignore_errors=True)
 
+def cpu_table(args, results: list[tuple], fwd_row: float, tok_rps: float) -> None:
     base = steady(results[0][3])
     rows = []
     for w, cpus, threads, history, mon in results:
@@ -231,6 +196,27 @@ def main(argv=None) -> int:
     print(f"collate alone (tokenize_for_training, batch {args.batch_size}, 1 thread): {tok_rps:.0f} rows/s")
     for w, _, _, _, mon in results:
         print(f"cores busy per process, {w}w run: {mon.cpu_line(4)}")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    bc.quiet()
+    work = args.workdir or tempfile.mkdtemp(prefix="bench_train_")
+    os.makedirs(work, exist_ok=True)
+    print(f"machine: {bc.machine()}")
+    print(f"start:   {bc.load_line()}")
+    try:
+        encoder, data, fwd_row = prepare(args, work)
+        tok_rps = collate_rows_per_s(encoder, os.path.join(data, "train"), args.max_length, args.batch_size)
+        with bc.ray_session():
+            results = cpu_runs(args, work, data, encoder)
+            # The GPU run (if any) goes first so that every Ray log line is out before the tables.
+            gpu_lines = (gpu_section(args, work, encoder) if args.gpu_report or _cuda()
+                         else ["GPU section skipped: CUDA is not available (pass --gpu-report on a GPU machine)."])
+    finally:
+        if not args.workdir:
+            shutil.rmtree(work, ignore_errors=True)
+    cpu_table(args, results, fwd_row, tok_rps)
     print()
     print("\n".join(gpu_lines))
     worst = max(r[4].foreign_share for r in results)
@@ -238,7 +224,7 @@ def main(argv=None) -> int:
         print(f"WARNING: other processes used up to {worst:.0%} of the cores during a run; rerun on a quiet machine")
     if len(results) > 1:
         w, _, _, history, _ = results[-1]
-        print(f"ratio_{w}w_vs_{results[0][0]}w={steady(history) / base:.2f}")
+        print(f"ratio_{w}w_vs_{results[0][0]}w={steady(history) / steady(results[0][3]):.2f}")
     return 0
 
 

@@ -1,6 +1,6 @@
 """Quality benchmark: bertml against TF-IDF + logistic regression on two real corpora, side by side.
 
-    python jobs/bench_quality.py [n_docs=560] [epochs=4] [splits=bbc,inews] [out_dir=bench_quality_output]
+    python -m jobs.bench.quality [n_docs=560] [epochs=4] [splits=bbc,inews] [out_dir=bench_quality_output]
 
 For each split: build train/validation/test Parquet; fit the TF-IDF + one-vs-rest logistic
 regression baseline on train (C picked on validation); fine-tune MiniLM with the demo's
@@ -258,7 +258,7 @@ def main(argv: list[str]) -> int:
     try:
         cfg = load(BenchConfig, None, argv)
     except ConfigError as e:
-        print(f"bench_quality: config error: {e}", file=sys.stderr)
+        print(f"jobs.bench.quality: config error: {e}", file=sys.stderr)
         return 2
     log.info("bench_quality config: %s", json.dumps(to_dict(cfg), ensure_ascii=False))
     t0 = time.perf_counter()

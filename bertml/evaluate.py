@@ -16,164 +16,17 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
-from typing import Literal, Union
 
 import numpy as np
 
-from bertml.config import ConfigError, ScoreConfig, opt, to_dict
+from bertml.config import EvalConfig, ScoreConfig, ThresholdsConfig, to_dict
+from bertml.metrics import Scored
 from bertml.secrets import redact
-from bertml.shards import join_uri
+from bertml.shards import join_uri, spec_text
 
 log = logging.getLogger("bertml.evaluate")
 
-EMPTY_STATUS = "empty"
-
-_H = {
-    "checkpoint": "A bertml checkpoint folder (from `bertml train` or `bertml thresholds`)",
-    "data": "Labelled Parquet: a file, folder, glob or list; local or s3://, gs://",
-    "text_column": "Column holding the text",
-    "labels_column": "Column holding the true labels: list<string>, a delimited string, or one string",
-    "label_delimiter": "Split a string labels column on this delimiter (e.g. '|')",
-    "id_column": "Id column shown beside the examples in the report (null: shard file and row number)",
-    "unknown_labels": "Labels in the data that the checkpoint does not know: fail, or ignore them (counted)",
-    "batch_size": "Rows per scoring batch handed to an actor; null: 256 on CPU, 2048 on GPU actors",
-    "max_tokens": "Token budget per forward pass, rows x padded length; null: 16384 on CPU, 131072 on GPU actors",
-    "max_length": "Tokens per window; null uses the checkpoint's max_length",
-    "long_text": "Texts longer than max_length: truncate, or chunk into windows (max-pooled)",
-    "num_actors": "Scoring actors; null: one per GPU, or one on CPU",
-    "use_gpu": "One GPU per scoring actor: true, false, or auto",
-    "cpus_per_actor": "CPUs reserved per scoring actor (keep some free for reads/tokenization)",
-}
-
-
-@dataclass
-class EvalConfig:
-    """`bertml evaluate`: score labelled Parquet with a checkpoint and write a report folder."""
-
-    checkpoint: str = opt("", _H["checkpoint"])
-    data: Union[str, list[str]] = opt("", _H["data"])
-    report: str = opt("", "Report folder: metrics.json, per_label.csv, *.png, report.html, scored/ (replaced)")
-    text_column: str = opt("text", _H["text_column"])
-    labels_column: str = opt("labels", _H["labels_column"])
-    label_delimiter: Union[str, None] = opt(None, _H["label_delimiter"])
-    id_column: Union[str, None] = opt(None, _H["id_column"])
-    unknown_labels: Literal["fail", "ignore"] = opt("fail", _H["unknown_labels"])
-    max_plot_labels: int = opt(20, "Per-label plots show at most this many labels (the most frequent)")
-    batch_size: Union[int, None] = opt(None, _H["batch_size"])
-    max_tokens: Union[int, None] = opt(None, _H["max_tokens"])
-    max_length: Union[int, None] = opt(None, _H["max_length"])
-    long_text: Literal["truncate", "chunk"] = opt("truncate", _H["long_text"])
-    num_actors: Union[int, None] = opt(None, _H["num_actors"])
-    use_gpu: Union[bool, Literal["auto"]] = opt("auto", _H["use_gpu"])
-    cpus_per_actor: float = opt(0.5, _H["cpus_per_actor"])
-
-    def __post_init__(self) -> None:
-        if not self.report:
-            raise ConfigError(f"report: expected an output folder, got {self.report!r}")
-        if self.max_plot_labels < 1:
-            raise ConfigError(f"max_plot_labels: expected an integer >= 1, got {self.max_plot_labels!r}")
-        _check_scoring(self)
-
-    def score_config(self) -> ScoreConfig:
-        return _score_config(self, join_uri(self.report or ".", "scored"), overwrite=True)
-
-
-@dataclass
-class ThresholdsConfig:
-    """`bertml thresholds`: tune per-label thresholds on labelled Parquet; write a copy of the checkpoint."""
-
-    checkpoint: str = opt("", _H["checkpoint"] + "; never modified")
-    data: Union[str, list[str]] = opt("", _H["data"] + " (held-out data, not the training split)")
-    output: str = opt("", "New checkpoint folder: a copy of `checkpoint` with the tuned thresholds in bertml.json")
-    target_precision: Union[float, None] = opt(
-        None, "null: each label's threshold maximises its F1; a number: the lowest threshold reaching this precision"
-    )
-    overwrite: bool = opt(False, "Replace `output` if it exists")
-    scored: Union[str, None] = opt(
-        None, "Keep the scored Parquet here; re-runs with the same checkpoint and data reuse it (null: a temporary folder)"
-    )
-    text_column: str = opt("text", _H["text_column"])
-    labels_column: str = opt("labels", _H["labels_column"])
-    label_delimiter: Union[str, None] = opt(None, _H["label_delimiter"])
-    id_column: Union[str, None] = opt(None, _H["id_column"])
-    unknown_labels: Literal["fail", "ignore"] = opt("fail", _H["unknown_labels"])
-    batch_size: Union[int, None] = opt(None, _H["batch_size"])
-    max_tokens: Union[int, None] = opt(None, _H["max_tokens"])
-    max_length: Union[int, None] = opt(None, _H["max_length"])
-    long_text: Literal["truncate", "chunk"] = opt("truncate", _H["long_text"])
-    num_actors: Union[int, None] = opt(None, _H["num_actors"])
-    use_gpu: Union[bool, Literal["auto"]] = opt("auto", _H["use_gpu"])
-    cpus_per_actor: float = opt(0.5, _H["cpus_per_actor"])
-
-    def __post_init__(self) -> None:
-        if not self.output:
-            raise ConfigError(f"output: expected a new checkpoint folder or object-store prefix, got {self.output!r}")
-        if self.checkpoint and _same_place(self.output, self.checkpoint):
-            raise ConfigError(f"output: expected a folder outside the checkpoint (the original is never modified), "
-                              f"got {redact(self.output)!r}")
-        t = self.target_precision
-        if t is not None and not 0.0 < t <= 1.0:
-            raise ConfigError(f"target_precision: expected null or a number in (0, 1], got {t!r}")
-        _check_scoring(self)
-
-    def score_config(self, output: str) -> ScoreConfig:
-        return _score_config(self, output, overwrite=False)
-
-
-def _same_place(a: str, b: str) -> bool:
-    """The same place, or one inside the other (URIs compared without user info and options)."""
-    from bertml.secrets import overlap
-
-    return overlap(a, b)
-
-
-def _score_config(cfg, output: str, overwrite: bool) -> ScoreConfig:
-    """The `bertml score` config that scores `cfg.data`, carrying the labels column through."""
-    return ScoreConfig(
-        checkpoint=cfg.checkpoint, input=cfg.data, output=output, text_column=cfg.text_column,
-        id_column=cfg.id_column, passthrough=[cfg.labels_column], batch_size=cfg.batch_size,
-        max_tokens=cfg.max_tokens, max_length=cfg.max_length, long_text=cfg.long_text,
-        num_actors=cfg.num_actors, use_gpu=cfg.use_gpu, cpus_per_actor=cfg.cpus_per_actor,
-        overwrite=overwrite, resume=True,
-    )
-
-
-def _check_scoring(cfg) -> None:
-    """Validate the scoring knobs by building the ScoreConfig; name our keys in the message."""
-    try:
-        _score_config(cfg, "-", overwrite=False)
-    except ConfigError as e:
-        msg = str(e)
-        if msg.startswith("input:"):
-            msg = "data:" + msg[len("input:"):]
-        elif msg.startswith("passthrough:"):
-            msg = (f"labels_column: expected a column distinct from text_column/id_column and from the scored "
-                   f"output's columns (probs, tags, label, score, top_k, status), got {cfg.labels_column!r}")
-        raise ConfigError(msg) from None
-
-
 # ----------------------------------------------------------------------------- scoring
-
-
-@dataclass
-class Scored:
-    """Scored rows with text, their true labels, and what was left out."""
-
-    probs: np.ndarray  # [n, L] float32
-    targets: np.ndarray  # [n, L] multi-hot (multi-label) or [n] class ids (single-label)
-    keys: list[str]  # id (or shard:row) per row, for examples in the report
-    labels: list[str]  # checkpoint label order
-    multi_label: bool
-    rows: int  # all input rows
-    empty: int  # rows without text: no probabilities, excluded
-    unknown: dict[str, int]  # labels in the data the checkpoint doesn't know (unknown_labels=ignore)
-    unknown_rows: int  # single-label rows excluded because their label is unknown
-    status: dict[str, int]
-    checkpoint: str
-    fingerprint: str
-    thresholds: np.ndarray | None  # the checkpoint's, multi-label only
-    checkpoint_metrics: dict
 
 
 def score_labelled(score_cfg: ScoreConfig, labels_column: str, delimiter: str | None,
@@ -357,11 +210,6 @@ def _is_bertml_report(fs, path: str) -> bool:
     return isinstance(m, dict) and {"fingerprint", "problem_type", "rows"} <= set(m)
 
 
-def spec_text(data) -> str:
-    """A data spec (path or list of paths) as one line."""
-    return ", ".join(data) if isinstance(data, (list, tuple)) else str(data)
-
-
 def _averages(m: dict) -> dict:
     return {k: v for k, v in m.items() if k != "per_label"}
 
@@ -391,6 +239,7 @@ def tune_checkpoint(cfg: ThresholdsConfig) -> dict:
     """Tune per-label thresholds on `cfg.data`; write a copy of the checkpoint with them. Returns the record."""
     from bertml import checkpoint as ckpt_io
     from bertml import cluster, metrics
+    from bertml.shards import InputError
 
     cluster.resolve_outputs(cfg, ["output", "scored"])
     meta = ckpt_io.read_meta(ckpt_io.localize(cfg.checkpoint))
@@ -410,7 +259,8 @@ def tune_checkpoint(cfg: ThresholdsConfig) -> dict:
         if not cfg.scored:
             shutil.rmtree(scored_dir, ignore_errors=True)
     if not len(s.probs):
-        raise ValueError(f"data {redact(cfg.data)}: no rows with text; nothing to tune on")
+        raise InputError(f"data {redact(cfg.data)}: all {s.rows} rows are empty (no text); nothing to tune "
+                         "thresholds on: point data= at labelled Parquet with a text column")
     new, info = metrics.tune_thresholds(s.probs, s.targets, cfg.target_precision)
     old_m = metrics.evaluate(s.probs, s.targets, s.labels, s.thresholds, True)
     new_m = metrics.evaluate(s.probs, s.targets, s.labels, new, True)
@@ -498,9 +348,3 @@ def run_thresholds(cfg: ThresholdsConfig) -> int:
     print(f"checkpoint with new thresholds: {out} (original unchanged: {redact(cfg.checkpoint)})")
     return 0
 
-
-# Registered by bertml.cli: name -> (config class, run function, one-line summary).
-EVAL_COMMANDS = {
-    "evaluate": (EvalConfig, run_evaluate, "score labelled Parquet and write a metrics + plots report (Ray Data)"),
-    "thresholds": (ThresholdsConfig, run_thresholds, "tune per-label thresholds on labelled data; write a checkpoint copy"),
-}

@@ -12,8 +12,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from bertml.errors import BertmlError
 
-class LabelError(ValueError):
+
+class LabelError(BertmlError, ValueError):
     """A labels cell cannot be read as labels."""
 
 
@@ -81,19 +83,20 @@ class LabelSet:
             out[i, [index[n] for n in r]] = 1.0
         return out
 
-    def decode(self, multi_hot: np.ndarray) -> list[list[str]]:
-        """[N, L] 0/1 (or bool) -> label names per row."""
-        names = np.array(self.names, dtype=object)
-        return [list(names[np.flatnonzero(row)]) for row in np.asarray(multi_hot)]
-
     def to_targets(self, y: np.ndarray) -> np.ndarray:
         """Class ids [N] (single-label) or multi-hot [N, L] -> multi-hot [N, L] int."""
-        y = np.asarray(y)
-        if y.ndim == 1:
-            out = np.zeros((len(y), len(self.names)), dtype=np.int64)
-            out[np.arange(len(y)), y] = 1
-            return out
-        return (y > 0.5).astype(np.int64)
+        return to_multi_hot(y, len(self.names))
+
+
+def to_multi_hot(y: np.ndarray, n_labels: int) -> np.ndarray:
+    """Class ids [N] -> one-hot [N, n_labels] int64; multi-hot or 0/1 scores [N, n_labels] ->
+    [N, n_labels] int64 (> 0.5 is 1). The one conversion metrics, report and training share."""
+    y = np.asarray(y)
+    if y.ndim == 1:
+        out = np.zeros((len(y), n_labels), dtype=np.int64)
+        out[np.arange(len(y)), y] = 1
+        return out
+    return (y > 0.5).astype(np.int64)
 
 
 def count_labels(cells: Sequence[object], delimiter: str | None) -> Counter[str]:

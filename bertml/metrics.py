@@ -7,31 +7,44 @@ targets: [N, L] 0/1 multi-hot (multi-label) or [N] class ids (single-label)
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 from sklearn import metrics as skm
 
+from bertml.labels import to_multi_hot
+
 DEFAULT_THRESHOLD = 0.5
+
+
+@dataclass
+class Scored:
+    """Scored rows with text, their true labels, and what was left out: what `bertml evaluate`
+    and `bertml thresholds` compute from (bertml.evaluate builds it, bertml.report draws it)."""
+
+    probs: np.ndarray  # [n, L] float32
+    targets: np.ndarray  # [n, L] multi-hot (multi-label) or [n] class ids (single-label)
+    keys: list[str]  # id (or shard:row) per row, for examples in the report
+    labels: list[str]  # checkpoint label order
+    multi_label: bool
+    rows: int  # all input rows
+    empty: int  # rows without text: no probabilities, excluded
+    unknown: dict[str, int]  # labels in the data the checkpoint doesn't know (unknown_labels=ignore)
+    unknown_rows: int  # single-label rows excluded because their label is unknown
+    status: dict[str, int]
+    checkpoint: str
+    fingerprint: str
+    thresholds: np.ndarray | None  # the checkpoint's, multi-label only
+    checkpoint_metrics: dict
 
 
 def predict(probs: np.ndarray, thresholds: np.ndarray | float | None, multi_label: bool) -> np.ndarray:
     """[N, L] 0/1 predictions: probs >= threshold per label, or argmax (single-label)."""
     probs = np.asarray(probs)
     if not multi_label:
-        out = np.zeros_like(probs, dtype=np.int64)
-        out[np.arange(len(probs)), probs.argmax(axis=1)] = 1
-        return out
+        return to_multi_hot(probs.argmax(axis=1), probs.shape[1])
     t = DEFAULT_THRESHOLD if thresholds is None else np.asarray(thresholds, dtype=np.float64)
     return (probs >= t).astype(np.int64)
-
-
-def _targets(targets: np.ndarray, n_labels: int) -> np.ndarray:
-    y = np.asarray(targets)
-    if y.ndim == 1:
-        out = np.zeros((len(y), n_labels), dtype=np.int64)
-        out[np.arange(len(y)), y] = 1
-        return out
-    return (y > 0.5).astype(np.int64)
 
 
 def _prfs(y: np.ndarray, pred: np.ndarray, average: str | None):
@@ -56,7 +69,7 @@ def evaluate(
 ) -> dict:
     """All metrics from sklearn: averages, per-label table, ROC-AUC/AP where defined."""
     probs = np.asarray(probs, dtype=np.float64)
-    y = _targets(targets, probs.shape[1])
+    y = to_multi_hot(targets, probs.shape[1])
     pred = predict(probs, thresholds, multi_label)
     out: dict = {"n": int(len(y))}
     with warnings.catch_warnings():
@@ -136,7 +149,7 @@ def tune_thresholds(
     Returns (thresholds [L], info) where info names the labels that used a fallback.
     """
     probs = np.asarray(probs, dtype=np.float64)
-    y = _targets(targets, probs.shape[1])
+    y = to_multi_hot(targets, probs.shape[1])
     fallback = global_threshold(probs, y)
     out = np.full(probs.shape[1], fallback, dtype=np.float64)
     info: dict = {"global_threshold": fallback, "fallback_labels": [], "precision_unreached": []}

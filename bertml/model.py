@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bertml.errors import BertmlError
 from bertml.labels import LabelSet
 
 MULTI, SINGLE = "multi_label_classification", "single_label_classification"
@@ -22,7 +22,7 @@ MULTI, SINGLE = "multi_label_classification", "single_label_classification"
 log = logging.getLogger("bertml.model")
 
 
-class ModelError(ValueError):
+class ModelError(BertmlError, ValueError):
     """The model or checkpoint cannot be used as asked."""
 
 
@@ -92,25 +92,32 @@ def loss_fn(
     return F.cross_entropy(logits, targets.long())
 
 
+def resolve_precision(device: torch.device, precision: str) -> str:
+    """"fp32", "bf16" or "fp16" for `precision` (auto, fp32, bf16, fp16) on `device`: fp32 off
+    CUDA; auto is bf16 where the GPU supports it, else fp16."""
+    if device.type != "cuda" or precision == "fp32":
+        return "fp32"
+    if precision == "auto":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return precision
+
+
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 def device_autocast(device: torch.device, precision: str):
     """(autocast context, needs GradScaler) for `precision` on `device`."""
     import contextlib
 
-    if device.type != "cuda" or precision == "fp32":
+    resolved = resolve_precision(device, precision)
+    if resolved == "fp32":
         return contextlib.nullcontext(), False
-    if precision == "auto":
-        precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast("cuda", dtype=dtype), precision == "fp16"
+    return torch.autocast("cuda", dtype=_DTYPES[resolved]), resolved == "fp16"
 
 
 def inference_dtype(device: torch.device, precision: str) -> torch.dtype:
     """Weights/activations dtype for scoring: bf16 or fp16 on CUDA (per `precision`), else fp32."""
-    if device.type != "cuda" or precision == "fp32":
-        return torch.float32
-    if precision == "auto":
-        precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return torch.bfloat16 if precision == "bf16" else torch.float16
+    return _DTYPES[resolve_precision(device, precision)]
 
 
 # Families whose sequence-classification head reads only position 0 of the last hidden
@@ -190,10 +197,3 @@ def fast_forward(model: nn.Module, seed: int = 0):
         log.warning("cls-only forward unavailable for %s (%s: %s); using the full forward", cfg.model_type,
                     type(e).__name__, e)
     return plain
-
-
-def pick_device() -> torch.device:
-    if torch.cuda.is_available():
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        return torch.device("cuda", local % torch.cuda.device_count())
-    return torch.device("cpu")

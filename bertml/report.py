@@ -21,14 +21,12 @@ import math
 import os
 import time
 import warnings
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from bertml import metrics
-
-if TYPE_CHECKING:
-    from bertml.evaluate import Scored
+from bertml.labels import to_multi_hot
+from bertml.metrics import Scored
 
 PLOTS_MULTI = ("pr_curves.png", "f1_threshold.png", "frequency_f1.png", "cooccurrence.png")
 PLOTS_SINGLE = ("confusion_matrix.png", "frequency_f1.png")
@@ -111,7 +109,7 @@ def per_label_rows(per_label: dict, s: Scored) -> list[dict]:
     """One dict per label (checkpoint order) for per_label.csv and the page."""
     rows = []
     grid = np.linspace(0.0, 1.0, 101)
-    y = s.targets if s.multi_label else _one_hot(s.targets, len(s.labels))
+    y = s.targets if s.multi_label else to_multi_hot(s.targets, len(s.labels))
     for j, name in enumerate(s.labels):
         if s.multi_label:
             t, d = per_label["tuned"][name], per_label["at_0.5"][name]
@@ -160,12 +158,6 @@ def mistakes(s: Scored, k: int = 10) -> dict[str, list[dict]]:
         out[title] = [{"row": s.keys[rows[i]], "label": names[cols[i]], "prob": float(s.probs[rows[i], cols[i]]),
                        "threshold": float(s.thresholds[cols[i]]),
                        "true": ", ".join(n for n, v in zip(names, y[rows[i]]) if v) or "(none)"} for i in order]
-    return out
-
-
-def _one_hot(ids: np.ndarray, n: int) -> np.ndarray:
-    out = np.zeros((len(ids), n), dtype=np.int64)
-    out[np.arange(len(ids)), ids] = 1
     return out
 
 
@@ -316,9 +308,9 @@ def _f1_threshold(folder, y, p, thr, top, font) -> str:
 
 
 def _frequency_f1(folder, s: Scored, font: LabelFont) -> str:
-    y = s.targets > 0.5 if s.multi_label else _one_hot(s.targets, len(s.labels)) > 0
+    y = s.targets > 0.5 if s.multi_label else to_multi_hot(s.targets, len(s.labels)) > 0
     support = y.sum(0)
-    pred = s.probs >= s.thresholds if s.multi_label else _one_hot(s.probs.argmax(1), len(s.labels)) > 0
+    pred = s.probs >= s.thresholds if s.multi_label else to_multi_hot(s.probs.argmax(1), len(s.labels)) > 0
     f1 = np.array([metrics.point_at(y[:, j], pred[:, j].astype(float), 0.5)[2] for j in range(len(s.labels))])
     fig = _figure(7.5, 4.8)
     ax = fig.subplots()
@@ -439,7 +431,7 @@ def _img(folder_name: str, b64: str, alt: str) -> str:
 def render_html(summary: dict, rows: list[dict], plots: list[str], font: LabelFont, wrong: dict,
                 folder: str | None = None) -> str:
     """The whole page as one string; PNGs are read from the report folder and embedded."""
-    from bertml.evaluate import spec_text
+    from bertml.shards import spec_text
 
     multi = summary["problem_type"] == "multi_label"
     r = summary["rows"]

@@ -98,5 +98,13 @@ def cluster_gpus() -> float:
     return float(ray.cluster_resources().get("GPU", 0))
 
 
+def resolve_use_gpu(use_gpu: bool | str, gpus: float | None = None) -> bool:
+    """A config's `use_gpu` (true, false or "auto") as a bool: auto means the cluster has GPUs
+    (`gpus`, or Ray's cluster resources when not given)."""
+    if use_gpu != "auto":
+        return bool(use_gpu)
+    return (cluster_gpus() if gpus is None else gpus) > 0
+
+
 def setup_logging(level: int = logging.INFO) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")

@@ -18,10 +18,12 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from bertml.errors import BertmlError
+from bertml.paths import same_or_below
 from bertml.secrets import redact
 
 
-class InputError(ValueError):
+class InputError(BertmlError, ValueError):
     """An input path or shard cannot be used; the message names the file and what to do."""
 
 
@@ -144,8 +146,6 @@ def lister(spec: str, fs: pafs.FileSystem):
     written there: `path` is the spec's file, lies in its folder (or in a folder a symlink
     inside it leads to), or matches its glob. Local paths compare resolved, and by inode (a
     bind mount of the input folder is the input folder)."""
-    from bertml.output import same_or_below
-
     sfs, p, _ = split_uri(spec, "input")
     if sfs.type_name != fs.type_name:
         return lambda path: False
@@ -275,3 +275,8 @@ def check_column(info: ShardInfo, column: str, kind: str, scoring: bool = False)
     expected = "list<string> or string" if kind == "labels" else "string (or UTF-8 binary)" if scoring else "string"
     if not ok:
         raise InputError(f"{info.shard.uri}: column {column!r} is {t}, expected {expected}")
+
+
+def spec_text(data) -> str:
+    """A data spec (path or list of paths) as one line."""
+    return ", ".join(data) if isinstance(data, (list, tuple)) else str(data)

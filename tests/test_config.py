@@ -73,3 +73,16 @@ def test_shipped_configs_are_valid_and_say_how_to_run(path):
     kind = os.path.basename(path).split(".")[0]
     assert first.startswith("# python jobs/") and f"--config jobs/configs/{kind}.yaml" in first
     load(config_types()[kind], path)
+
+
+def test_scoring_options_are_defined_once():
+    from bertml.config import EvalConfig, ScoringOptions, ThresholdsConfig
+
+    shared = {k: (d, h) for k, d, h in describe(ScoringOptions)}
+    for cls in (ScoreConfig, EvalConfig, ThresholdsConfig):
+        rows = {k: (d, h) for k, d, h in describe(cls)}
+        assert {k: rows[k] for k in shared} == shared
+    cfg = load(EvalConfig, None, ["checkpoint=c", "data=d", "report=r", "batch_size=7", "use_gpu=false"])
+    assert cfg.score_config().batch_size == 7 and cfg.score_config().use_gpu is False
+    with pytest.raises(ConfigError, match="^max_tokens: expected null or an integer >= 1, got 0$"):
+        load(ThresholdsConfig, None, ["checkpoint=c", "data=d", "output=o", "max_tokens=0"])

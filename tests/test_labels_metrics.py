@@ -17,11 +17,11 @@ def test_parse_cells_all_shapes():
         parse_cell(3, None)
 
 
-def test_encode_decode_round_trip_unicode():
+def test_encode_unicode():
     cells = [["体育"], ["tech", "体育"], []]
     ls = LabelSet.from_counts(count_labels(cells, None), multi_label=True)
     y = ls.encode(cells, None)
-    assert y.shape == (3, 2) and ls.decode(y) == [["体育"], ["tech", "体育"], []]
+    assert ls.names == ("tech", "体育") and y.tolist() == [[0, 1], [1, 1], [0, 0]]
     single = LabelSet(("a", "b"), multi_label=False)
     assert single.encode(["b", "a"], None).tolist() == [1, 0]
     with pytest.raises(LabelError, match="exactly one"):

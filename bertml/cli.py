@@ -151,13 +151,9 @@ def _run(name: str, cmd: Command, cfg) -> int:
     import signal
     import threading
 
-    from bertml.checkpoint import CheckpointError
-    from bertml.output import OutputError
     from bertml.runtime import Interrupted, catch_signals
 
-    # CheckpointError and OutputError do not derive from BertmlError yet (their modules are
-    # being reworked); drop them here once they do.
-    user_errors = (BertmlError, CheckpointError, OutputError, FileNotFoundError)
+    user_errors = (BertmlError, FileNotFoundError)
 
     main_thread = threading.current_thread() is threading.main_thread()
     before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)} if main_thread else {}

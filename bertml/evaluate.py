@@ -1,6 +1,6 @@
 """Evaluation on labelled Parquet, through the same Ray Data scoring path as `bertml score`.
 
-    data (text + labels) -> bertml.score.score (labels passed through) -> scored Parquet
+    data (text + labels) -> bertml.scoring.score (labels passed through) -> scored Parquet
     -> probs [N, L] + targets -> scikit-learn metrics at the checkpoint's thresholds and at 0.5
     -> report folder: metrics.json, per_label.csv, PNG plots, report.html     (bertml evaluate)
     -> per-label thresholds tuned on the data -> a copy of the checkpoint     (bertml thresholds)
@@ -31,7 +31,7 @@ log = logging.getLogger("bertml.evaluate")
 
 def score_labelled(score_cfg: ScoreConfig, labels_column: str, delimiter: str | None,
                    unknown_labels: str = "fail") -> Scored:
-    """Score `score_cfg.input` with `bertml.score.score` and line the probabilities up with the true labels."""
+    """Score `score_cfg.input` with `bertml.scoring.score` and line the probabilities up with the true labels."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq

@@ -42,7 +42,8 @@ def check_report_folder(folder: str) -> None:
     someone else's: one is there (say a `metrics.json` of the user's) and the folder holds
     no earlier bertml report; or the folder is a file, or is or contains the working or
     home folder. Other files in the folder are never touched."""
-    from bertml.output import OutputError, resolved, within
+    from bertml.output import OutputError
+    from bertml.paths import resolved, within
 
     if "://" in folder and not folder.startswith("file://"):
         return  # object storage: nothing there to be replaced by name without a fingerprint check

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from bertml import checkpoint as ckpt_io
 from bertml import faults
 from bertml.config import TrainConfig, to_dict
-from bertml.output import resolved
+from bertml.paths import resolved
 from bertml.secrets import redact
 from bertml.train_loop import train_loop_per_worker
 
@@ -57,9 +57,9 @@ def _trainer(cfg: TrainConfig, name: str, loop_config: dict, summary, train_info
     from ray.train.torch import TorchTrainer
 
     from bertml import train_data
-    from bertml.runtime import cluster_gpus
+    from bertml.runtime import resolve_use_gpu
 
-    use_gpu = cluster_gpus() > 0 if cfg.scaling.use_gpu == "auto" else bool(cfg.scaling.use_gpu)
+    use_gpu = resolve_use_gpu(cfg.scaling.use_gpu)
     ctx = ray.data.DataContext.get_current()
     bars, ctx.enable_progress_bars = ctx.enable_progress_bars, False  # per-epoch bars are noise here
     try:

@@ -26,7 +26,7 @@ def check_destination(dest: str, what: str, protected: list[tuple[str, str]] = (
     the home folder or an ancestor of either; a folder overlapping one of `protected`
     ((name, path) pairs: training data, the encoder, run storage); a file; a non-empty folder
     that holds anything but one checkpoint's files. Paths are compared resolved."""
-    from bertml.output import resolved, within
+    from bertml.paths import resolved, within
 
     real = resolved(dest)
     for name, folder in (("the working folder", os.getcwd()), ("your home folder", os.path.expanduser("~"))):
@@ -104,7 +104,7 @@ def copy_with_thresholds(src: str, dst: str, thresholds, provenance: dict, overw
     meta = read_meta(src)
     if not meta.multi_label:
         raise CheckpointError(f"checkpoint {src}: single_label checkpoints predict the argmax; there are no thresholds to set")
-    from bertml.output import resolved
+    from bertml.paths import resolved
 
     a, b = resolved(src), resolved(dst)  # checked and written as the same, resolved, path
     if a == b or os.path.commonpath([a, b]) == a:

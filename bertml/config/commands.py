@@ -12,6 +12,7 @@ from typing import Literal, Union
 
 from bertml.config.loading import ConfigError, opt, section
 from bertml.config.loading import check as _check
+from bertml.output import RESULT_COLUMNS, ROW_OUT
 
 # ----------------------------------------------------------------------------- sections
 
@@ -129,13 +130,13 @@ class TrainConfig:
 
 
 # ScoreConfig's (batch_size, max_tokens) when left null: (rows per Scorer call, token budget
-# per forward pass). A GPU wants big passes to fill its matrix units (jobs/bench_gpu.py); a
-# CPU gains nothing past ~16k tokens and keeps memory low (jobs/bench_score.py).
+# per forward pass). A GPU wants big passes to fill its matrix units (jobs/bench/gpu.py); a
+# CPU gains nothing past ~16k tokens and keeps memory low (jobs/bench/score.py).
 CPU_BATCH, GPU_BATCH = (256, 16384), (2048, 131072)
 
 
 # Output columns of `bertml score`: an input column copied through must not take their names.
-OUTPUT_COLUMNS = ("probs", "tags", "label", "score", "top_k", "status")
+OUTPUT_COLUMNS = RESULT_COLUMNS  # the result columns of a scored shard (bertml.output)
 
 
 @dataclass
@@ -209,7 +210,7 @@ class ScoreConfig(ScoringOptions):
         _check(self.actor_restarts >= 0, "actor_restarts", self.actor_restarts, "an integer >= 0")
         cols = [*([self.id_column] if self.id_column else []), *self.passthrough]  # may include the text
         _check(len(cols) == len(set(cols)), "passthrough", self.passthrough, "distinct columns, not the id column")
-        reserved = set(OUTPUT_COLUMNS) | (set() if self.id_column else {"row"})
+        reserved = set(OUTPUT_COLUMNS) | (set() if self.id_column else {ROW_OUT})
         clash = sorted(reserved.intersection(cols))
         _check(not clash, "passthrough", clash, f"no output column names ({', '.join(sorted(reserved))})")
 
@@ -230,7 +231,7 @@ class LabelledScoring(ScoringOptions):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        reserved = {*OUTPUT_COLUMNS, self.id_column or "row"}
+        reserved = {*OUTPUT_COLUMNS, self.id_column or ROW_OUT}
         _check(self.labels_column not in reserved, "labels_column", self.labels_column,
                "a column distinct from text_column/id_column and from the scored output's columns "
                f"({', '.join(OUTPUT_COLUMNS)})")

@@ -11,7 +11,8 @@ from bertml import checkpoint as ckpt_io
 from bertml import coverage
 from bertml import shards as sh
 from bertml.config import ScoreConfig
-from bertml.output import OutputDir, OutputError, output_name, same_or_below, within
+from bertml.output import OutputDir, OutputError, output_name
+from bertml.paths import same_or_below, within
 from bertml.scoring.read import cached_tokenizer, read_columns
 from bertml.secrets import overlap, redact
 from bertml.tokenization import special_tokens

@@ -27,10 +27,10 @@ class Resources(NamedTuple):
 def resources(cfg: ScoreConfig) -> Resources:
     import ray
 
-    from bertml.runtime import cluster_gpus
+    from bertml.runtime import cluster_gpus, resolve_use_gpu
 
     gpus = cluster_gpus()
-    use_gpu = gpus > 0 if cfg.use_gpu == "auto" else bool(cfg.use_gpu)
+    use_gpu = resolve_use_gpu(cfg.use_gpu, gpus)
     n_actors = cfg.num_actors or (max(1, int(gpus)) if use_gpu else 1)
     cpus = float(ray.cluster_resources().get("CPU", 1))
     threads = cfg.torch_threads or max(1, int(cpus // n_actors))

@@ -1,29 +1,5 @@
-"""The output folder: one Parquet file per input shard, committed atomically, exactly once.
-
-    <output>/<input shard's relative path>.parquet   committed results (readers see only these)
-    <output>/.<name>.tmp-<8 hex>                       in progress (hidden; removed on the next run)
-    <output>/_bertml_parts/<name>/<rows>-<key>.parquet scored units not yet assembled (resume keeps them)
-    <output>/_bertml_manifest.json                     last run: shards, skipped shards, summary
-    <output>/_bertml.lock                              names the run that holds the lock (flock on the folder)
-
-Scoring workers write each read unit's results as a *part* (rows start-end of one input
-shard, named by them and by a key of checkpoint, options and input file, so a retried unit
-rewrites the same name and a part of another configuration is never taken); a Ray task
-assembles a shard's parts with its id/passthrough columns into the shard's file and the
-driver renames it into place. Parts live in `_bertml_parts/`, which readers (pyarrow,
-Spark, Ray Data) skip like every `_`/`.` name.
-
-A file is written under a hidden temporary name and renamed into place when complete, so
-a reader (or a re-run after a crash) never sees half a shard. On object stores, where an
-object becomes visible only when its upload completes, it is written to its final key
-directly. A re-run skips shards that are already committed by the same checkpoint; names
-derive only from input shard names, so re-runs are idempotent.
-
-The one rule for deleting: bertml deletes or replaces only files it can prove it wrote in
-this output folder: Parquet files carrying its fingerprint, its manifest, and files whose
-*name* matches its temp pattern, all inside the resolved output folder (never through a
-symlink that leads out of it). A file in the way that bertml did not write stops the run.
-"""
+"""`OutputDir`: the output folder's operations (see `bertml.output` for its layout and the
+one rule for deleting)."""
 
 from __future__ import annotations
 
@@ -32,114 +8,25 @@ import errno
 import fcntl
 import json
 import os
-import re
 import socket
 import time
-import uuid
-from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from bertml.errors import BertmlError
-
-MANIFEST, LOCK = "_bertml_manifest.json", "_bertml.lock"
-META_LABELS, META_CHECKPOINT, META_FINGERPRINT = b"bertml.labels", b"bertml.checkpoint", b"bertml.fingerprint"
-META_OPTIONS, META_INPUT = b"bertml.options", b"bertml.input"  # scoring options; the input shard's rows and bytes
-NAME_MAX = 255  # bytes in one path component (ext4, xfs, S3 keys allow more; we hold to the common limit)
-_TMP = re.compile(r"\..+\.tmp-[0-9a-f]{8}")  # bertml's temp names (the file name, never the path)
-PARTS = "_bertml_parts"
-# Result columns of a scored shard (after the id/passthrough columns).
-PROBS, TAGS, LABEL, SCORE, TOP_K, STATUS = "probs", "tags", "label", "score", "top_k", "status"
-RESULT_COLUMNS = (PROBS, TAGS, LABEL, SCORE, TOP_K, STATUS)  # in output order; types: bertml.scoring.schema
-ROW_OUT = "row"  # the input row number, written first when there is no id column
-_PART = re.compile(r"(\d{12})-(\d{12})-([0-9a-f]{16})\.parquet")  # rows [start, end), key
-
-
-@dataclass(frozen=True)
-class Part:
-    """One scored unit of an input shard: rows [start, end) of output `name`."""
-
-    name: str  # the shard's output name
-    start: int
-    end: int
-    key: str
-    path: str
-
-    @property
-    def rows(self) -> int:
-        return self.end - self.start
-
-
-def part_name(name: str, start: int, end: int, key: str) -> str:
-    """Relative path of a part of output `name` (a folder per shard under PARTS)."""
-    return f"{PARTS}/{name}/{start:012d}-{end:012d}-{key}.parquet"
-
-
-class OutputError(BertmlError, ValueError):
-    """The output folder cannot be used as asked."""
-
-
-def output_name(key: str) -> str:
-    """Input shard key (relative path) -> output file name, confined to the output folder."""
-    parts = [p for p in key.replace("\\", "/").split("/") if p not in ("", ".")]
-    if not parts or any(p == ".." for p in parts) or os.path.isabs(key):
-        raise OutputError(f"input shard name {key!r} would write outside the output folder")
-    name = "/".join(parts)
-    name = name if name.endswith(".parquet") else name + ".parquet"
-    long = next((p for p in name.split("/") if len(p.encode()) > NAME_MAX), None)
-    if long is not None:
-        raise OutputError(f"input shard name {key!r}: its output name {long[:40]!r}... is {len(long.encode())} bytes, "
-                          f"over the filesystem's {NAME_MAX}; rename the input file")
-    return name
-
-
-def tmp_name(name: str) -> str:
-    """A hidden temp name beside `name` (a file name, no folders) that fits NAME_MAX."""
-    suffix = f".tmp-{uuid.uuid4().hex[:8]}"
-    room = NAME_MAX - 1 - len(suffix)
-    base = name.encode()[:room].decode("utf-8", "ignore")
-    return f".{base}{suffix}"
-
-
-def is_tmp_name(name: str) -> bool:
-    """Whether a file *name* is one of bertml's temp names."""
-    return _TMP.fullmatch(name) is not None
-
-
-def resolved(path: str) -> str:
-    """A local path with ~, `.`, `..` and symlinks resolved (what path comparisons must use)."""
-    return os.path.realpath(os.path.expanduser(path))
-
-
-def within(path: str, root: str) -> bool:
-    """`path` is `root` or below it (both resolved or both object-store keys)."""
-    root = root.rstrip("/") or "/"
-    return path == root or path.startswith(root if root.endswith("/") else root + "/")
-
-
-def same_or_below(path: str, folder: str) -> bool:
-    """Local `path` is `folder` or below it: compared resolved, and by (device, inode) of each
-    of its existing ancestors, so a bind mount or a second mount of the same folder is seen."""
-    p, f = resolved(path), resolved(folder)
-    if within(p, f):
-        return True
-    try:
-        target = os.stat(f)
-    except OSError:
-        return False
-    while True:
-        try:
-            st = os.stat(p)
-            if (st.st_dev, st.st_ino) == (target.st_dev, target.st_ino):
-                return True
-        except OSError:
-            pass
-        parent = os.path.dirname(p)
-        if parent == p:
-            return False
-        p = parent
+from bertml.output.names import (
+    _PART,
+    LOCK,
+    MANIFEST,
+    META_FINGERPRINT,
+    PARTS,
+    OutputError,
+    Part,
+    is_tmp_name,
+    tmp_name,
+)
+from bertml.paths import resolved, within
 
 
 class OutputDir:

@@ -34,12 +34,9 @@ def score_labelled(score_cfg: ScoreConfig, labels_column: str, delimiter: str | 
     """Score `score_cfg.input` with `bertml.scoring.score` and line the probabilities up with the true labels."""
     import pyarrow as pa
     import pyarrow.compute as pc
-    import pyarrow.parquet as pq
 
     from bertml import checkpoint as ckpt_io
     from bertml import shards as sh
-    from bertml.labels import LabelError, LabelSet, parse_cell
-    from bertml.output import ROW_OUT, OutputDir, output_name
     from bertml.scoring import score
 
     local = ckpt_io.localize(score_cfg.checkpoint)  # object-storage checkpoints: read a cached copy
@@ -52,6 +49,37 @@ def score_labelled(score_cfg: ScoreConfig, labels_column: str, delimiter: str | 
         sh.check_column(info, labels_column, "labels")
     summary = score(score_cfg)
     log.info("scored:\n%s", summary.format())
+
+    table = _scored_with_labels(score_cfg, labels_column, shards, infos)
+    status = {d["values"]: d["counts"] for d in pc.value_counts(table.column("status")).to_pylist()}
+    has_probs = table.column("probs").is_valid()
+    n_rows, n_empty = table.num_rows, table.num_rows - int(pc.sum(has_probs).as_py() or 0)
+    table = table.filter(has_probs)
+    names = list(meta.labels)
+    targets, keep, unknown = _targets(score_cfg, meta, table.column(labels_column).to_pylist(), labels_column,
+                                      delimiter, unknown_labels)
+    table = table.filter(pa.array(keep))
+    n = table.num_rows
+    flat = pc.list_flatten(table.column("probs")).to_numpy(zero_copy_only=False)
+    probs = flat.reshape(n, len(names)).astype(np.float32) if n else np.zeros((0, len(names)), np.float32)
+    return Scored(
+        probs=probs, targets=targets, keys=table.column("_key").to_pylist(), labels=names,
+        multi_label=meta.multi_label, rows=n_rows, empty=n_empty, unknown=unknown,
+        unknown_rows=int((~keep).sum()), status=status,
+        checkpoint=redact(score_cfg.checkpoint) if ckpt_io.is_uri(score_cfg.checkpoint) else os.path.abspath(local),
+        fingerprint=ckpt_io.fingerprint(local),
+        thresholds=np.asarray(meta.thresholds, dtype=np.float64) if meta.multi_label else None,
+        checkpoint_metrics=meta.metrics,
+    )
+
+
+def _scored_with_labels(score_cfg: ScoreConfig, labels_column: str, shards, infos):
+    """The scored files read back: probs, the labels passed through, status and a row key."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from bertml import shards as sh
+    from bertml.output import ROW_OUT, OutputDir, output_name
 
     out = OutputDir(score_cfg.output)
     tables = []
@@ -67,16 +95,20 @@ def score_labelled(score_cfg: ScoreConfig, labels_column: str, delimiter: str | 
     table = pa.concat_tables(tables, promote_options="permissive") if tables else None
     if table is None or table.num_rows == 0:
         raise sh.InputError(f"data {redact(score_cfg.input)}: no rows to evaluate")
-    status = {d["values"]: d["counts"] for d in pc.value_counts(table.column("status")).to_pylist()}
-    has_probs = table.column("probs").is_valid()
-    n_rows, n_empty = table.num_rows, table.num_rows - int(pc.sum(has_probs).as_py() or 0)
-    table = table.filter(has_probs)
+    return table
+
+
+def _targets(score_cfg: ScoreConfig, meta, column: list, labels_column: str, delimiter: str | None,
+             unknown_labels: str) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
+    """(targets of the rows kept, which rows are kept, unknown label counts) from the labels cells."""
+    from bertml import shards as sh
+    from bertml.labels import LabelError, LabelSet, parse_cell
 
     names = list(meta.labels)
     known = set(names)
     unknown: dict[str, int] = {}
     try:
-        cells = [parse_cell(c, delimiter) for c in table.column(labels_column).to_pylist()]
+        cells = [parse_cell(c, delimiter) for c in column]
     except LabelError as e:
         raise sh.InputError(f"data {redact(score_cfg.input)}: column {labels_column!r}: {e}") from None
     if unknown_labels == "ignore":
@@ -95,19 +127,7 @@ def score_labelled(score_cfg: ScoreConfig, labels_column: str, delimiter: str | 
         hint = " (or set unknown_labels=ignore)" if "not in the label set" in str(e) else ""
         raise sh.InputError(f"data {redact(score_cfg.input)}: column {labels_column!r}: {e}; the checkpoint knows "
                             f"{names[:10]}{hint}") from None
-    table = table.filter(pa.array(keep))
-    n = table.num_rows
-    flat = pc.list_flatten(table.column("probs")).to_numpy(zero_copy_only=False)
-    probs = flat.reshape(n, len(names)).astype(np.float32) if n else np.zeros((0, len(names)), np.float32)
-    return Scored(
-        probs=probs, targets=targets, keys=table.column("_key").to_pylist(), labels=names,
-        multi_label=meta.multi_label, rows=n_rows, empty=n_empty, unknown=unknown,
-        unknown_rows=int((~keep).sum()), status=status,
-        checkpoint=redact(score_cfg.checkpoint) if ckpt_io.is_uri(score_cfg.checkpoint) else os.path.abspath(local),
-        fingerprint=ckpt_io.fingerprint(local),
-        thresholds=np.asarray(meta.thresholds, dtype=np.float64) if meta.multi_label else None,
-        checkpoint_metrics=meta.metrics,
-    )
+    return targets, keep, unknown
 
 
 # ----------------------------------------------------------------------------- evaluate

@@ -73,6 +73,23 @@ def check(tokenizer, texts: Sequence[object], sample: int = SAMPLE_TEXTS) -> Cov
     return cov
 
 
+def sample_texts(infos, column: str, n: int = SAMPLE_TEXTS) -> list:
+    """Up to `n` values of `column` from the input shards (`shards.ShardInfo`s): the smallest
+    non-empty row group first, then the next ones, so a small sample costs one small read."""
+    import pyarrow.parquet as pq
+
+    groups = sorted((rows, i, g) for i, info in enumerate(infos) for g, rows in enumerate(info.row_group_rows) if rows)
+    texts: list = []
+    for _, i, g in groups:
+        if len(texts) >= n:
+            break
+        shard = infos[i].shard
+        with shard.fs.open_input_file(shard.path) as f:
+            col = pq.ParquetFile(f).read_row_group(g, columns=[column]).column(0)
+        texts += col.slice(0, n - len(texts)).to_pylist()
+    return texts
+
+
 def warning(cov: Coverage, where: str, threshold: float = UNK_WARN) -> str | None:
     """One line when the vocabulary does not cover the text, else None."""
     if cov.tokens == 0 or cov.unk_rate <= threshold:

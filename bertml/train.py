@@ -38,14 +38,48 @@ def train(cfg: TrainConfig) -> TrainResult:
     summary, train_infos, val_infos = train_data.summarize(cfg.data, cfg.optim.seed)
     log.info("data: %d train rows, %d validation rows, %d labels %s", summary.n_train, summary.n_val,
              len(summary.labels), list(summary.labels.names)[:20])
+    added, cov = _vocabulary(cfg, train_infos)
     init_ray()
     cluster.check_visible(cluster.train_paths(cfg, [i.shard for i in [*train_infos, *(val_infos or [])]]))
     config = to_dict(cfg)  # the resolved config: every checkpoint saves this one
     loop_config = {"cfg": config, "labels": list(summary.labels.names), "n_train": summary.n_train,
-                   "pos_weight": summary.pos_weight(), "_fault": faults.armed()}
+                   "pos_weight": summary.pos_weight(), "added_tokens": added, "coverage": cov,
+                   "_fault": faults.armed()}
     name = f"{cfg.run.name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     result = _trainer(cfg, name, loop_config, summary, train_infos, val_infos).fit()
     return _result(result, cfg, config, name)
+
+
+def _vocabulary(cfg: TrainConfig, infos) -> tuple[list[str], dict | None]:
+    """Can the encoder read the training text? Warn when it cannot; with model.extend_vocab,
+    the units to add to its vocabulary. Returns (units to add, coverage record)."""
+    from bertml import coverage, vocab
+    from bertml.model import load_tokenizer
+
+    if cfg.run.resume_from:  # the checkpoint's tokenizer is the one training continues with
+        return [], None
+    texts = coverage.sample_texts(infos, cfg.data.text_column, VOCAB_SAMPLE if cfg.model.extend_vocab else
+                                  coverage.SAMPLE_TEXTS)
+    tok = load_tokenizer(cfg.model.name, cfg.model.trust_remote_code)
+    before = coverage.check(tok, texts)
+    record = {"before": before.record()}
+    added: list[str] = []
+    if cfg.model.extend_vocab:
+        added = vocab.units(tok, texts)
+        vocab.add_tokens(tok, added)
+        after = coverage.check(tok, texts)
+        record.update(after=after.record(), added=len(added))
+        log.info("model.extend_vocab: %d units added to the vocabulary (e.g. %s); [UNK] share of the sample "
+                 "%.1f%% -> %.1f%%", len(added), added[:10], 100 * before.unk_rate, 100 * after.unk_rate)
+    else:
+        after = before
+    msg = coverage.warning(after, f"data.train's column {cfg.data.text_column!r}")
+    if msg:
+        log.warning("%s%s", msg, "" if cfg.model.extend_vocab else ", or set model.extend_vocab=true")
+    return added, record
+
+
+VOCAB_SAMPLE = 20000  # training texts read for model.extend_vocab
 
 
 def _trainer(cfg: TrainConfig, name: str, loop_config: dict, summary, train_infos, val_infos):

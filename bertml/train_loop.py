@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from bertml import checkpoint as ckpt_io
-from bertml import faults, metrics
+from bertml import faults, metrics, vocab
 from bertml.config import TrainConfig, from_dict
 from bertml.labels import LabelSet
 from bertml.model import build_model, device_autocast, load_tokenizer, logits_to_probs, loss_fn
@@ -167,6 +167,7 @@ class _Worker:
     step: int = 0  # optimizer steps so far, over every epoch
     history: list = field(default_factory=list)  # one dict of scalars per finished epoch
     resumed_from: int | None = None  # the epoch a restored checkpoint ended
+    coverage: dict | None = None  # the driver's [UNK] figures on a sample of the training text
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -211,6 +212,9 @@ def setup(config: dict) -> _Worker:
     tokenizer = load_tokenizer(source, cfg.model.trust_remote_code)
     model = build_model(source, labels, classifier_dropout=cfg.model.classifier_dropout,
                         trust_remote_code=cfg.model.trust_remote_code)
+    if config.get("added_tokens") and not restore_dir:  # a checkpoint already holds the extended vocabulary
+        torch.manual_seed(cfg.optim.seed)  # the same new embedding rows on every rank
+        vocab.add(tokenizer, model, config["added_tokens"])
     model = ray.train.torch.prepare_model(model)
     optimizer = make_optimizer(model, cfg.optim.lr, cfg.optim.weight_decay)
     per_worker = config["n_train"] // ctx.get_world_size()
@@ -223,6 +227,7 @@ def setup(config: dict) -> _Worker:
         scaler=torch.amp.GradScaler("cuda") if needs_scaler else None, autocast=autocast,
         pos_weight=None, collate=_Collate(tokenizer, cfg.model.max_length, labels.multi_label, device),
         train_shard=ray.train.get_dataset_shard("train"), val_data=ray.train.get_dataset_shard("validation"),
+        coverage=config.get("coverage"),
     )
     if restore_dir and ckpt_io.has_train_state(restore_dir):
         state = ckpt_io.load_train_state(restore_dir, optimizer, scheduler, w.scaler)
@@ -299,7 +304,8 @@ def save_and_report(w: _Worker, epoch: int, report: dict, thresholds: np.ndarray
         meta = ckpt_io.CheckpointMeta(
             labels=list(w.labels.names), problem_type=w.cfg.data.problem_type, max_length=w.cfg.model.max_length,
             thresholds=[float(t) for t in thresholds] if w.labels.multi_label else None,
-            config=w.config, metrics={"history": w.history, **report},
+            config=w.config, metrics={"history": w.history, **report,
+                                      **({"coverage": w.coverage} if w.coverage else {})},
         )
         ckpt_io.save(tmp, w.model, w.tokenizer, meta)
         ckpt_io.save_train_state(tmp, w.optimizer, w.scheduler, w.scaler, epoch, w.step, w.history)

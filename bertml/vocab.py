@@ -59,18 +59,36 @@ def unknown_units(tokenizer, texts: Iterable[object], batch: int = 256) -> Count
     return counts
 
 
-def extend(tokenizer, model, texts: Iterable[object], max_new: int = MAX_NEW, min_count: int = MIN_COUNT) -> list[str]:
-    """Add the frequent unknown units of `texts` to `tokenizer` and grow `model`'s
-    embeddings to match; returns the units added (most frequent first)."""
-    from tokenizers import AddedToken
-
+def units(tokenizer, texts: Iterable[object], max_new: int = MAX_NEW, min_count: int = MIN_COUNT) -> list[str]:
+    """The frequent unknown units of `texts`, most frequent first (ties: in text order)."""
     lower = bool(getattr(tokenizer, "do_lower_case", False))
     counts: Counter[str] = Counter()
     for unit, n in unknown_units(tokenizer, texts).items():
         counts[unit.lower() if lower else unit] += n
-    units = [u for u, n in counts.most_common() if n >= min_count and not u.isspace()][:max_new]
-    if not units:
-        return []
-    tokenizer.add_tokens([AddedToken(u, single_word=not is_cjk(u), normalized=True) for u in units])
+    return [u for u, n in counts.most_common() if n >= min_count and not u.isspace()][:max_new]
+
+
+def add_tokens(tokenizer, new: list[str]) -> None:
+    """Add `new` units to `tokenizer`: whole-word matches outside CJK, so an added word never
+    splits a longer one."""
+    from tokenizers import AddedToken
+
+    tokenizer.add_tokens([AddedToken(u, single_word=not is_cjk(u), normalized=True) for u in new])
+
+
+def add(tokenizer, model, new: list[str]) -> None:
+    """Add `new` units to `tokenizer` and grow `model`'s embeddings to match. Deterministic
+    given the units and the torch seed: every worker of a run adds the same ones in the same
+    order (and DDP broadcasts rank 0's weights when it wraps the model)."""
+    if not new:
+        return
+    add_tokens(tokenizer, new)
     model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
-    return units
+
+
+def extend(tokenizer, model, texts: Iterable[object], max_new: int = MAX_NEW, min_count: int = MIN_COUNT) -> list[str]:
+    """Add the frequent unknown units of `texts` to `tokenizer` and grow `model`'s
+    embeddings to match; returns the units added (most frequent first)."""
+    new = units(tokenizer, texts, max_new, min_count)
+    add(tokenizer, model, new)
+    return new

@@ -53,11 +53,20 @@ def test_single_label_end_to_end(ray_local, tiny_encoder, tmp_path):
 
 
 @pytest.mark.slow
-def test_worker_failure_resumes_from_last_checkpoint(ray_local, tiny_encoder, tmp_path):
+def test_worker_failure_resumes_from_last_checkpoint_with_an_extended_vocabulary(ray_local, tmp_path, caplog):
+    """An English-only encoder on text with Chinese words: model.extend_vocab adds them; a
+    worker raising in epoch 2 resumes from the epoch-1 checkpoint, whose tokenizer already
+    holds them; the final checkpoint loads and tokenizes them in plain transformers."""
+    import logging
+
+    from tiny import build_tiny_model
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    encoder = build_tiny_model(str(tmp_path / "en"), english_only=True)
     data = write_parquet(make_rows(300, seed=3), str(tmp_path / "data" / "train.parquet"))
     fault = {"point": "train_epoch", "epoch": 2, "rank": 1, "mode": "raise", "marker": str(tmp_path / "fired")}
-    with faults.inject(fault):
-        result = train(train_cfg(tmp_path, tiny_encoder, data, "optim.epochs=3"))
+    with faults.inject(fault), caplog.at_level(logging.INFO, logger="bertml.train"):
+        result = train(train_cfg(tmp_path, encoder, data, "optim.epochs=3", "model.extend_vocab=true"))
     assert os.path.exists(tmp_path / "fired")
     epochs = [h["epoch"] for h in result.history]
     assert epochs == [1, 2, 3]  # nothing repeated, nothing lost
@@ -65,6 +74,15 @@ def test_worker_failure_resumes_from_last_checkpoint(ray_local, tiny_encoder, tm
     assert by_epoch[1]["resumed_from_epoch"] == -1
     assert by_epoch[2]["resumed_from_epoch"] == 1 and by_epoch[3]["resumed_from_epoch"] == 1
     assert by_epoch[2]["step"] > by_epoch[1]["step"]  # optimizer step count carried over
+
+    assert any("units added to the vocabulary" in r.getMessage() for r in caplog.records)
+    cov = ckpt_io.read_meta(result.checkpoint).metrics["coverage"]
+    assert cov["before"]["unk_rate"] > 0.05 and cov["after"]["unk_rate"] < 0.01 and cov["added"] > 0
+    tok = AutoTokenizer.from_pretrained(result.checkpoint)
+    model = AutoModelForSequenceClassification.from_pretrained(result.checkpoint)
+    assert tok.unk_token_id not in tok("足球 比赛 今天", add_special_tokens=False)["input_ids"]
+    assert model.get_input_embeddings().weight.shape[0] == len(tok) == model.config.vocab_size
+    ckpt_io.validate(result.checkpoint)
 
 
 def _ddp_loop(config):

@@ -46,6 +46,8 @@ class ModelConfig:
     max_length: int = opt(256, "Tokens per text (truncation); at most the model's position limit, <= 512")
     classifier_dropout: Union[float, None] = opt(None, "Dropout before the classification head; null keeps the model's")
     trust_remote_code: bool = opt(False, "Allow custom modelling code from the model folder/hub (off: only built-in classes)")
+    extend_vocab: bool = opt(False, "Add the training text's frequent [UNK] units (CJK characters, unknown words) to the "
+                                    "tokenizer and grow the embeddings, for an encoder whose vocabulary misses the language")
 
     def __post_init__(self) -> None:
         _check(bool(self.name), "model.name", self.name, "a model name or path")

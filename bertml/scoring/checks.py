@@ -13,7 +13,7 @@ from bertml import shards as sh
 from bertml.config import ScoreConfig
 from bertml.output import OutputDir, OutputError, output_name
 from bertml.paths import same_or_below, within
-from bertml.scoring.read import cached_tokenizer, read_columns
+from bertml.scoring.read import cached_tokenizer
 from bertml.secrets import overlap, redact
 from bertml.tokenization import special_tokens
 
@@ -119,16 +119,15 @@ def check_shards(results, cfg: ScoreConfig, keep: list[str]) -> tuple[list[sh.Sh
 def sample_coverage(cfg: ScoreConfig, checkpoint: str, infos: list[sh.ShardInfo]) -> coverage.Coverage | None:
     """How much of the input the tokenizer can read, on the start of the smallest non-empty
     row group of the input (one small read); a warning when it reads little of it."""
-    groups = [(n, i, g) for i, info in enumerate(infos) for g, n in enumerate(info.row_group_rows) if n]
-    if not groups:
-        return None
-    _, i, g = min(groups)
     try:
-        texts = read_columns(infos[i], [cfg.text_column], range(g, g + 1)).column(0).slice(0, coverage.SAMPLE_TEXTS)
+        texts = coverage.sample_texts(infos, cfg.text_column)
     except Exception:  # noqa: BLE001 - an unreadable shard is flagged by the run itself
         return None
-    cov = coverage.check(cached_tokenizer(checkpoint, cfg.trust_remote_code), texts.to_pylist())
-    msg = coverage.warning(cov, f"column {cfg.text_column!r} of {infos[i].shard.uri}")
+    if not texts:
+        return None
+    cov = coverage.check(cached_tokenizer(checkpoint, cfg.trust_remote_code), texts)
+    where = infos[0].shard.uri if len(infos) == 1 else f"{infos[0].shard.uri} and {len(infos) - 1} more shard(s)"
+    msg = coverage.warning(cov, f"column {cfg.text_column!r} of {where}")
     if msg:
         log.warning("%s", msg)
     return cov

@@ -69,7 +69,7 @@ def score_labelled(score_cfg: ScoreConfig, labels_column: str, delimiter: str | 
         checkpoint=redact(score_cfg.checkpoint) if ckpt_io.is_uri(score_cfg.checkpoint) else os.path.abspath(local),
         fingerprint=ckpt_io.fingerprint(local),
         thresholds=np.asarray(meta.thresholds, dtype=np.float64) if meta.multi_label else None,
-        checkpoint_metrics=meta.metrics,
+        checkpoint_metrics=meta.metrics, coverage=summary.coverage,
     )
 
 
@@ -157,6 +157,7 @@ def evaluate_checkpoint(cfg: EvalConfig) -> dict:
                     "every metric" + (f"; {s.unknown_rows} row(s) whose label the checkpoint does not know too"
                                       if s.unknown_rows else ""),
         "unknown_labels_ignored": s.unknown,
+        "coverage": {"data": s.coverage, "training": s.checkpoint_metrics.get("coverage")},
     }
     if s.multi_label:
         tuned = metrics.evaluate(s.probs, s.targets, s.labels, s.thresholds, True)

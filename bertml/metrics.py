@@ -36,6 +36,7 @@ class Scored:
     fingerprint: str
     thresholds: np.ndarray | None  # the checkpoint's, multi-label only
     checkpoint_metrics: dict
+    coverage: dict | None = None  # [UNK] figures of a sample of the data (bertml.coverage)
 
 
 def predict(probs: np.ndarray, thresholds: np.ndarray | float | None, multi_label: bool) -> np.ndarray:

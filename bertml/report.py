@@ -22,6 +22,7 @@ import time
 import numpy as np
 
 from bertml import metrics
+from bertml.coverage import UNK_WARN
 from bertml.labels import to_multi_hot
 from bertml.metrics import Scored
 from bertml.plots import LabelFont, plot_multi_label, plot_single_label
@@ -171,7 +172,7 @@ h1{margin:0 0 4px;font-size:24px}h2{margin:32px 0 8px;font-size:18px;border-bott
 table{border-collapse:collapse;margin:8px 0;font-variant-numeric:tabular-nums}
 th,td{padding:4px 10px;border-bottom:1px solid #eef1f5;text-align:right}th{background:#f6f8fb;position:sticky;top:0}
 td:first-child,th:first-child{text-align:left}img{max-width:100%;border:1px solid #eef1f5;border-radius:6px}
-td.t{text-align:left}.note{color:#5a6576;font-size:12px}.up{color:#1a7f37}.down{color:#b42318}
+td.t{text-align:left}.note{color:#5a6576;font-size:12px}.warn{color:#b42318}.up{color:#1a7f37}.down{color:#b42318}
 """
 
 
@@ -224,6 +225,12 @@ def render_html(summary: dict, rows: list[dict], plots: list[str], font: LabelFo
              f'<code>{html.escape(spec_text(summary["data"]))}</code> · {summary["problem_type"]} · '
              f'{r["evaluated"]} rows evaluated of {r["total"]} · {time.strftime("%Y-%m-%d %H:%M")}</p>',
              f'<p class="note">{html.escape(summary["excluded"])}.</p>']
+    data_cov = (summary.get("coverage") or {}).get("data") or {}
+    if data_cov.get("tokens") and data_cov["unk_rate"] > UNK_WARN:
+        unknown = ", ".join(u for u, _ in data_cov.get("top_unknown", [])[:10])
+        parts.append(f'<p class="note warn">{data_cov["unk_rate"]:.1%} of the tokens of a sample of this data are '
+                     f'[UNK] (e.g. {html.escape(unknown)}): the encoder cannot read much of this text. Use an encoder '
+                     'whose vocabulary covers the language, or train with model.extend_vocab=true.</p>')
     if multi:
         t, d = summary["tuned"], summary["at_0.5"]
         cards = [("micro F1", t["micro_f1"], d["micro_f1"]), ("macro F1", t["macro_f1"], d["macro_f1"]),

@@ -47,7 +47,9 @@ def test_no_text_no_warning(english_tok):
     assert cov.texts == 0 and coverage.warning(cov, "x") is None
 
 
-def test_scoring_chinese_with_an_english_vocabulary_warns_and_records_it(ray_local, tmp_path, caplog):
+def test_evaluating_chinese_with_an_english_vocabulary_warns_and_records_it(ray_local, tmp_path, caplog):
+    """`bertml evaluate` scores through `bertml score`: the warning is logged before any work,
+    the scoring summary and manifest record the sample, and the report shows it."""
     import json
     import logging
     import os
@@ -56,16 +58,19 @@ def test_scoring_chinese_with_an_english_vocabulary_warns_and_records_it(ray_loc
     import pyarrow.parquet as pq
     from conftest import make_checkpoint
 
-    from bertml.config import ScoreConfig
-    from bertml.scoring import score
+    from bertml.cli import main
 
     ckpt = make_checkpoint(str(tmp_path / "en"), english_only=True)
     os.makedirs(tmp_path / "in")
-    pq.write_table(pa.table({"id": list(range(len(CHINESE))), "text": CHINESE}), tmp_path / "in" / "zh.parquet")
-    with caplog.at_level(logging.WARNING, logger="bertml.score"):
-        s = score(ScoreConfig(checkpoint=ckpt, input=str(tmp_path / "in"), output=str(tmp_path / "out"), use_gpu=False))
-    assert s.rows == len(CHINESE) and s.unk_rate > 0.5
-    assert "[UNK]" in s.format()
-    assert any("are [UNK]" in r.getMessage() and "zh.parquet" in r.getMessage() for r in caplog.records)
-    manifest = json.load(open(tmp_path / "out" / "_bertml_manifest.json"))
-    assert manifest["coverage"]["unk_rate"] > 0.5 and manifest["coverage"]["texts"] == len(CHINESE)
+    pq.write_table(pa.table({"id": list(range(len(CHINESE))), "text": CHINESE, "labels": [["体育"]] * len(CHINESE)}),
+                   tmp_path / "in" / "zh.parquet")
+    report = tmp_path / "report"
+    with caplog.at_level(logging.INFO):
+        assert main(["evaluate", f"checkpoint={ckpt}", f"data={tmp_path / 'in'}", f"report={report}"]) == 0
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("are [UNK]" in m and "zh.parquet" in m for m in messages)  # the warning, naming the file
+    assert any("coverage" in m and "[UNK]" in m for m in messages)  # the scoring summary's line
+    cov = json.load(open(report / "metrics.json", encoding="utf-8"))["coverage"]["data"]
+    assert cov["unk_rate"] > 0.5 and cov["texts"] == len(CHINESE) and cov["top_unknown"]
+    assert json.load(open(report / "scored" / "_bertml_manifest.json"))["summary"]["coverage"] == cov
+    assert "of the tokens of a sample of this data are [UNK]" in (report / "report.html").read_text(encoding="utf-8")

@@ -71,7 +71,6 @@ def score(cfg: ScoreConfig) -> ScoreSummary:
             "checkpoint": checkpoint_name(cfg.checkpoint), "fingerprint": run.fingerprint,
             "labels": run.meta.labels, "config": redact(to_dict(cfg)), "summary": asdict(summary),
             "shards": records, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            **({"coverage": run.coverage.record()} if run.coverage else {}),
         })
         return summary
     finally:
@@ -119,7 +118,7 @@ def score_accepted(cfg: ScoreConfig, run: Accepted) -> tuple[ScoreSummary, list[
         out.clear()
     out.clean_tmp()
     summary = ScoreSummary(output=redact(cfg.output), shards_skipped=run.bad,
-                           unk_rate=run.coverage.unk_rate if run.coverage and run.coverage.tokens else None)
+                           coverage=run.coverage.record() if run.coverage else None)
     options = output_options(cfg, run.max_length)
     done = resumable(out, run.good, found, run.fingerprint, options) if cfg.resume and not cfg.overwrite \
         else [False] * len(run.good)

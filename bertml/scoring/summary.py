@@ -24,11 +24,16 @@ class ScoreSummary:
     parts: int = 0  # units' results written by the scoring actors (parts), this run
     units: int = 0  # read/tokenize units planned (runs of row groups, or slices of one)
     read_tasks: int | None = None  # Ray tasks that ran them (one each, spread over the cores)
-    unk_rate: float | None = None  # share of [UNK] tokens in a sample of the input (bertml.coverage)
+    coverage: dict | None = None  # [UNK] figures of a sample of the input (bertml.coverage.Coverage.record)
 
     @property
     def rows_per_s(self) -> float:
         return self.rows / self.seconds if self.seconds else 0.0
+
+    @property
+    def unk_rate(self) -> float | None:
+        """Share of [UNK] tokens in the sample, or None when there was no text to sample."""
+        return self.coverage["unk_rate"] if self.coverage and self.coverage["tokens"] else None
 
     def format(self) -> str:
         lines = [

@@ -10,6 +10,7 @@ import pytest
 from tiny import FILLER, KEYWORDS, build_tiny_model, make_rows, write_parquet
 
 from bertml import checkpoint as ckpt_io
+from bertml import faults
 from bertml.cli import main
 from bertml.config import PretrainConfig, load
 
@@ -25,7 +26,8 @@ def _texts(n: int, seed: int = 0) -> list[str]:
 
 @pytest.fixture(scope="module")
 def pretrained(ray_local, tmp_path_factory):
-    """An English-only tiny encoder pretrained 2 epochs on 2 workers with model.extend_vocab."""
+    """An English-only tiny encoder pretrained 2 epochs on 2 workers with model.extend_vocab;
+    a worker raises in epoch 2, and the new worker group resumes from epoch 1's checkpoint."""
     from bertml.pretrain import pretrain
 
     tmp = tmp_path_factory.mktemp("pretrain")
@@ -38,15 +40,21 @@ def pretrained(ray_local, tmp_path_factory):
         "optim.warmup_ratio=0.05", "scaling.num_workers=2", f"run.storage_path={tmp}/runs",
         f"run.output={tmp}/encoder-out",
     ])
-    return pretrain(cfg), tmp
+    fault = {"point": "train_epoch", "epoch": 2, "rank": 1, "mode": "raise", "marker": str(tmp / "fired")}
+    with faults.inject(fault):
+        result = pretrain(cfg)
+    assert os.path.exists(tmp / "fired")
+    return result, tmp
 
 
 def test_pretraining_lowers_the_mlm_loss_and_writes_an_encoder_plain_transformers_loads(pretrained):
     from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification, AutoTokenizer
 
     result, tmp = pretrained
-    assert [h["epoch"] for h in result.history] == [1, 2]
+    assert [h["epoch"] for h in result.history] == [1, 2]  # nothing repeated, nothing lost
     first, second = result.history
+    assert first["resumed_from_epoch"] == -1 and second["resumed_from_epoch"] == 1
+    assert second["step"] > first["step"]  # the optimizer step count carried over
     assert second["mlm_loss"] < first["mlm_loss"]
     assert second["perplexity"] < first["perplexity"]
     assert ENCODER_FILES <= set(os.listdir(result.output))
@@ -104,7 +112,3 @@ def test_pretrain_config_errors_are_one_line_and_help_lists_every_key(capsys):
         assert key in out, key
     assert "optim.pos_weight" not in out
 
-
-def test_shipped_pretrain_config_loads():
-    cfg = load(PretrainConfig, os.path.join(os.path.dirname(__file__), "..", "jobs", "configs", "pretrain.yaml"))
-    assert cfg.model.mlm_probability == 0.15 and cfg.run.output == "checkpoints/encoder"

@@ -1,6 +1,7 @@
 """`bertml` command line: one subcommand per job, each a typed config plus `key=value` overrides.
 
     bertml train    --config jobs/configs/train.yaml [key=value ...]
+    bertml pretrain --config jobs/configs/pretrain.yaml data.text=... model.name=... run.output=...
     bertml score    --config jobs/configs/score.yaml checkpoint=... input=... output=...
     bertml evaluate --config jobs/configs/evaluate.yaml checkpoint=... data=... report=...
     bertml demo     [key=value ...]
@@ -23,6 +24,7 @@ from bertml.config import (
     ConfigError,
     DemoConfig,
     EvalConfig,
+    PretrainConfig,
     ScoreConfig,
     ThresholdsConfig,
     TrainConfig,
@@ -49,6 +51,15 @@ def _run_train(cfg: TrainConfig) -> int:
     result = train(cfg)
     print(format_summary(result.metrics, cfg.data.problem_type == "multi_label"))
     print(f"checkpoint: {redact(result.checkpoint)}")
+    return 0
+
+
+def _run_pretrain(cfg: PretrainConfig) -> int:
+    from bertml.pretrain import format_summary, pretrain
+
+    result = pretrain(cfg)
+    print(format_summary(result))
+    print(f"encoder: {redact(result.output)}")
     return 0
 
 
@@ -82,6 +93,8 @@ def _run_thresholds(cfg) -> int:
 # broken import fails that command loudly instead of removing it from `bertml --help`.
 COMMANDS: dict[str, Command] = {
     "train": Command(TrainConfig, _run_train, "fine-tune an encoder on labelled Parquet (Ray Train)"),
+    "pretrain": Command(PretrainConfig, _run_pretrain,
+                        "continue an encoder's masked-language-model pretraining on unlabelled Parquet (Ray Train)"),
     "score": Command(ScoreConfig, _run_score, "bulk-score Parquet shards with a checkpoint (Ray Data)"),
     "demo": Command(DemoConfig, _run_demo, "offline demo: BBC News corpus, MiniLM, train + score + baseline"),
     "evaluate": Command(EvalConfig, _run_evaluate,

@@ -151,13 +151,14 @@ def score_paths(checkpoint: str, shards, output: str | None = None) -> list[Node
 
 
 def train_paths(cfg, shards) -> list[NodePath]:
-    """What every node reads or writes while training: local data shards, a local model
+    """What every node reads or writes while training (or pretraining): local data shards, a local model
     folder or resume_from checkpoint, and a local storage_path (workers write checkpoints)."""
     out = [NodePath("data", s.path) for s in shards if s.fs.type_name == "local"]
     if _is_local(cfg.model.name) and os.path.isdir(_abs(cfg.model.name)):
         out.append(NodePath("model.name", os.path.join(_abs(cfg.model.name), "config.json")))
-    if _is_local(cfg.run.resume_from):
-        out.append(NodePath("run.resume_from", os.path.join(_abs(cfg.run.resume_from), "bertml.json")))
+    resume_from = getattr(cfg.run, "resume_from", None)  # train's; pretrain has none
+    if _is_local(resume_from):
+        out.append(NodePath("run.resume_from", os.path.join(_abs(resume_from), "bertml.json")))
     if _is_local(cfg.run.storage_path):
         out.append(NodePath("run.storage_path", _abs(cfg.run.storage_path), folder=True))
     return out

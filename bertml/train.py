@@ -51,35 +51,13 @@ def train(cfg: TrainConfig) -> TrainResult:
 
 
 def _vocabulary(cfg: TrainConfig, infos) -> tuple[list[str], dict | None]:
-    """Can the encoder read the training text? Warn when it cannot; with model.extend_vocab,
-    the units to add to its vocabulary. Returns (units to add, coverage record)."""
-    from bertml import coverage, vocab
-    from bertml.model import load_tokenizer
+    """Can the encoder read the training text? (see `vocab.plan`; a resumed run keeps the
+    checkpoint's tokenizer). Returns (units to add, coverage record)."""
+    from bertml import vocab
 
     if cfg.run.resume_from:  # the checkpoint's tokenizer is the one training continues with
         return [], None
-    texts = coverage.sample_texts(infos, cfg.data.text_column, VOCAB_SAMPLE if cfg.model.extend_vocab else
-                                  coverage.SAMPLE_TEXTS)
-    tok = load_tokenizer(cfg.model.name, cfg.model.trust_remote_code)
-    before = coverage.check(tok, texts)
-    record = {"before": before.record()}
-    added: list[str] = []
-    if cfg.model.extend_vocab:
-        added = vocab.units(tok, texts)
-        vocab.add_tokens(tok, added)
-        after = coverage.check(tok, texts)
-        record.update(after=after.record(), added=len(added))
-        log.info("model.extend_vocab: %d units added to the vocabulary (e.g. %s); [UNK] share of the sample "
-                 "%.1f%% -> %.1f%%", len(added), added[:10], 100 * before.unk_rate, 100 * after.unk_rate)
-    else:
-        after = before
-    msg = coverage.warning(after, f"data.train's column {cfg.data.text_column!r}")
-    if msg:
-        log.warning("%s%s", msg, "" if cfg.model.extend_vocab else ", or set model.extend_vocab=true")
-    return added, record
-
-
-VOCAB_SAMPLE = 20000  # training texts read for model.extend_vocab
+    return vocab.plan(cfg.model, infos, cfg.data.text_column, f"data.train's column {cfg.data.text_column!r}", log)
 
 
 def _trainer(cfg: TrainConfig, name: str, loop_config: dict, summary, train_infos, val_infos):

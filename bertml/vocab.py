@@ -10,6 +10,10 @@ grows with `resize_token_embeddings(mean_resizing=True)`: new rows are drawn aro
 old embeddings' mean with their covariance, the initialisation of Hewitt (2021) that
 transformers implements. The tokenizer is saved with its added tokens, so the checkpoint
 still loads, and scores the same, in plain `transformers`.
+
+`plan` is the driver's step that `bertml train` and `bertml pretrain` share: the coverage
+of a sample of the input, the warning when the encoder cannot read it, and the units its
+workers add (`add`, before DDP wraps the model; a restored checkpoint already holds them).
 """
 
 from __future__ import annotations
@@ -84,6 +88,36 @@ def add(tokenizer, model, new: list[str]) -> None:
         return
     add_tokens(tokenizer, new)
     model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+
+
+def plan(model_cfg, infos, column: str, where: str, log) -> tuple[list[str], dict]:
+    """The driver's vocabulary step, before any worker starts: the encoder's coverage of a
+    sample of `column` in the input shards (`infos`), a warning on `log` when it cannot read
+    it, and with `model_cfg.extend_vocab` the units every worker adds. `model_cfg` has
+    name, trust_remote_code and extend_vocab. Returns (units to add, coverage record)."""
+    from bertml import coverage
+    from bertml.model import load_tokenizer
+
+    extend_vocab = model_cfg.extend_vocab
+    texts = coverage.sample_texts(infos, column, VOCAB_SAMPLE if extend_vocab else coverage.SAMPLE_TEXTS)
+    tok = load_tokenizer(model_cfg.name, model_cfg.trust_remote_code)
+    before = after = coverage.check(tok, texts)
+    record = {"before": before.record()}
+    added: list[str] = []
+    if extend_vocab:
+        added = units(tok, texts)
+        add_tokens(tok, added)
+        after = coverage.check(tok, texts)
+        record.update(after=after.record(), added=len(added))
+        log.info("model.extend_vocab: %d units added to the vocabulary (e.g. %s); [UNK] share of the sample "
+                 "%.1f%% -> %.1f%%", len(added), added[:10], 100 * before.unk_rate, 100 * after.unk_rate)
+    msg = coverage.warning(after, where)
+    if msg:
+        log.warning("%s%s", msg, "" if extend_vocab else ", or set model.extend_vocab=true")
+    return added, record
+
+
+VOCAB_SAMPLE = 20000  # input texts read for model.extend_vocab
 
 
 def extend(tokenizer, model, texts: Iterable[object], max_new: int = MAX_NEW, min_count: int = MIN_COUNT) -> list[str]:

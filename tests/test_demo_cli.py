@@ -26,7 +26,7 @@ def test_demo_runs_end_to_end_with_a_tiny_encoder(ray_local, tiny_encoder, tmp_p
     assert "BBC multi-label test split" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("command", ["train", "score", "demo"])
+@pytest.mark.parametrize("command", ["train", "pretrain", "score", "demo"])
 def test_help_lists_every_key(command):
     out = subprocess.run([sys.executable, "-m", "bertml.cli", command, "--help"], capture_output=True, text=True,
                          cwd=ROOT, check=True).stdout

@@ -32,6 +32,7 @@ from bertml.checkpoint.destination import (
 from bertml.checkpoint.format import (
     FORMAT_VERSION,
     META_FILE,
+    PRETRAIN_FILE,
     TOKENIZER_FILE,
     WEIGHTS_FILE,
     CheckpointError,
@@ -58,7 +59,7 @@ from bertml.checkpoint.train_state import (
 )
 
 __all__ = [
-    "FORMAT_VERSION", "META_FILE", "STATE_JSON", "STATE_TENSORS", "TOKENIZER_FILE", "WEIGHTS_FILE",
+    "FORMAT_VERSION", "META_FILE", "PRETRAIN_FILE", "STATE_JSON", "STATE_TENSORS", "TOKENIZER_FILE", "WEIGHTS_FILE",
     "CheckpointError", "CheckpointMeta", "cache_root", "check_destination", "check_max_length",
     "check_position_limit", "check_upload_prefix", "copy_with_thresholds", "export", "fingerprint",
     "has_train_state", "install", "is_checkpoint_file", "is_uri", "load", "load_train_state", "localize",

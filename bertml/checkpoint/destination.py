@@ -21,11 +21,12 @@ from bertml.checkpoint.remote import is_uri, upload
 from bertml.checkpoint.train_state import STATE_JSON, STATE_TENSORS
 
 
-def check_destination(dest: str, what: str, protected: list[tuple[str, str]] = ()) -> None:
+def check_destination(dest: str, what: str, protected: list[tuple[str, str]] = (), marker: str = META_FILE) -> None:
     """Refuse a local checkpoint destination that bertml may not replace: the working folder,
     the home folder or an ancestor of either; a folder overlapping one of `protected`
     ((name, path) pairs: training data, the encoder, run storage); a file; a non-empty folder
-    that holds anything but one checkpoint's files. Paths are compared resolved."""
+    that holds anything but one checkpoint's files, `marker` among them (bertml.json; an
+    encoder folder from `bertml pretrain`: bertml-pretrain.json). Paths are compared resolved."""
     from bertml.paths import resolved, within
 
     real = resolved(dest)
@@ -46,7 +47,7 @@ def check_destination(dest: str, what: str, protected: list[tuple[str, str]] = (
     if not entries:
         return
     foreign = [e for e in entries if not (os.path.isfile(os.path.join(real, e)) and is_checkpoint_file(e))]
-    if foreign or META_FILE not in entries:
+    if foreign or marker not in entries:
         first = foreign[0] if foreign else entries[0]
         raise CheckpointError(f"{what} {dest} is not empty and does not hold a bertml checkpoint (it has {first!r}"
                               f"{f' and {len(entries) - 1} more' if len(entries) > 1 else ''}); bertml replaces only "
@@ -78,10 +79,10 @@ def install(assembled: str, dest: str) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def sibling_tmp(dest: str) -> str:
+def sibling_tmp(dest: str, marker: str = META_FILE) -> str:
     """A hidden temp folder path beside `dest` (same filesystem, so `install` is a rename).
     Temp folders an interrupted run left beside `dest` (bertml's temp name for it, holding a
-    bertml.json) are removed first."""
+    `marker`, bertml.json by default) are removed first."""
     from bertml.output import is_tmp_name, tmp_name
 
     parent, base = os.path.split(dest)
@@ -89,7 +90,7 @@ def sibling_tmp(dest: str) -> str:
     for name in os.listdir(parent):
         left = os.path.join(parent, name)
         if (is_tmp_name(name) and name[1:].startswith(base + ".tmp-") and os.path.isdir(left)
-                and not os.path.islink(left) and os.path.exists(os.path.join(left, META_FILE))):
+                and not os.path.islink(left) and os.path.exists(os.path.join(left, marker))):
             shutil.rmtree(left, ignore_errors=True)
     return os.path.join(parent, tmp_name(base))
 

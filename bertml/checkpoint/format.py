@@ -14,14 +14,15 @@ from typing import Any
 from bertml.errors import BertmlError
 
 META_FILE = "bertml.json"
+PRETRAIN_FILE = "bertml-pretrain.json"  # marks an encoder folder `bertml pretrain` wrote (config, metrics)
 WEIGHTS_FILE = "model.safetensors"
 TOKENIZER_FILE = "tokenizer.json"
 FORMAT_VERSION = 1
 
 # What a checkpoint folder holds: the files `save_pretrained` writes for the model and its
-# tokenizer, and bertml.json. A folder of only these may be replaced by a new checkpoint;
+# tokenizer, and bertml.json (bertml-pretrain.json in an encoder folder from `bertml pretrain`). A folder of only these may be replaced by a new checkpoint;
 # anything else in it is someone else's.
-_CHECKPOINT_FILES = {META_FILE, WEIGHTS_FILE, "model.safetensors.index.json", "config.json", "generation_config.json",
+_CHECKPOINT_FILES = {META_FILE, PRETRAIN_FILE, WEIGHTS_FILE, "model.safetensors.index.json", "config.json", "generation_config.json",
                      "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
                      "vocab.txt", "vocab.json", "merges.txt", "spiece.model", "sentencepiece.bpe.model",
                      "tokenizer.model", "source.spm", "target.spm", "chat_template.jinja", "chat_template.json"}

@@ -80,11 +80,12 @@ def localize(path: str, cache_dir: str | None = None) -> str:
     return local
 
 
-def check_upload_prefix(uri: str, fs=None, root: str | None = None) -> list[str]:
+def check_upload_prefix(uri: str, fs=None, root: str | None = None, marker: str = META_FILE) -> list[str]:
     """The objects of a bertml checkpoint at `uri` that an upload replaces (none: an empty
-    prefix). A prefix holding anything else — other files, or a model without bertml.json
-    (someone's Hugging Face model, or an upload that did not finish) — is refused, naming a
-    file: bertml replaces only its own checkpoints."""
+    prefix). A prefix holding anything else — other files, or a model without `marker`
+    (bertml.json; bertml-pretrain.json for an encoder folder): someone's Hugging Face model,
+    or an upload that did not finish — is refused, naming a file: bertml replaces only its
+    own checkpoints."""
     import pyarrow.fs as pafs
 
     from bertml.secrets import redact
@@ -100,20 +101,20 @@ def check_upload_prefix(uri: str, fs=None, root: str | None = None) -> list[str]
         return []
     names = sorted(p[len(root) + 1:] for p in old)
     foreign = [n for n in names if "/" in n or not is_checkpoint_file(n)]
-    if foreign or META_FILE not in names:
+    if foreign or marker not in names:
         why = f"files that are not a bertml checkpoint's (e.g. {foreign[0]})" if foreign else \
-            f"a model without {META_FILE} (someone's model, or an upload that did not finish: delete it to retry)"
+            f"a model without {marker} (someone's model, or an upload that did not finish: delete it to retry)"
         raise CheckpointError(f"checkpoint output {redact(uri)} holds {why}; bertml replaces only its own "
                               "checkpoints: choose an empty prefix")
     return old
 
 
-def upload(local: str, uri: str) -> None:
+def upload(local: str, uri: str, marker: str = META_FILE) -> None:
     """Copy a finished local checkpoint folder to `uri`, replacing the checkpoint there.
 
     A prefix holding anything but a checkpoint's files (`is_checkpoint_file`, as for local
     folders) is refused, naming a file. An earlier checkpoint's files are deleted first,
-    its bertml.json before anything else, and the new bertml.json is written last: each
+    its `marker` (bertml.json) before anything else, and the new one is written last: each
     object appears only when its upload completes, so a reader sees no checkpoint, or a
     complete one, never old files beside new ones.
     """
@@ -121,11 +122,11 @@ def upload(local: str, uri: str) -> None:
 
 
     fs, root = _remote(uri, "checkpoint output")
-    old = check_upload_prefix(uri, fs, root)
-    old.sort(key=lambda p: p != f"{root}/{META_FILE}")
+    old = check_upload_prefix(uri, fs, root, marker)
+    old.sort(key=lambda p: p != f"{root}/{marker}")
     for p in old:
         fs.delete_file(p)
-    names = sorted(os.listdir(local), key=lambda n: n == META_FILE)
+    names = sorted(os.listdir(local), key=lambda n: n == marker)
     for name in names:
         src = os.path.join(local, name)
         if os.path.isdir(src):

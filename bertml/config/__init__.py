@@ -1,8 +1,8 @@
 """Typed configuration: one dataclass per command, loaded from YAML, overridden with dotted
 `key=value`, checked by pydantic, saved beside every run, checkpoint and scored output.
 
-    commands.py   TrainConfig (+ its sections), ScoreConfig, EvalConfig, ThresholdsConfig,
-                  DemoConfig; ScoringOptions: the scoring keys score/evaluate/thresholds share
+    commands.py   TrainConfig (+ its sections), PretrainConfig (+ its own), ScoreConfig,
+                  EvalConfig, ThresholdsConfig, DemoConfig; ScoringOptions: the scoring keys score/evaluate/thresholds share
     loading.py    load (YAML + overrides), from_dict, save, describe (`--help`), to_dict
 
 Why pydantic: it is already installed with ray[train] (which depends on it), validates the
@@ -22,8 +22,13 @@ from bertml.config.commands import (
     DemoConfig,
     EvalConfig,
     LabelledScoring,
+    LoopConfig,
     ModelConfig,
     OptimConfig,
+    PretrainConfig,
+    PretrainDataConfig,
+    PretrainModelConfig,
+    PretrainRunConfig,
     RunConfig,
     ScalingConfig,
     ScoreConfig,
@@ -46,7 +51,8 @@ from bertml.config.loading import (
 
 __all__ = [
     "CPU_BATCH", "GPU_BATCH", "MINILM", "OUTPUT_COLUMNS", "ConfigError", "DataConfig", "DemoConfig", "EvalConfig",
-    "LabelledScoring", "ModelConfig", "OptimConfig", "RunConfig", "ScalingConfig", "ScoreConfig", "ScoringOptions",
+    "LabelledScoring", "LoopConfig", "ModelConfig", "OptimConfig", "PretrainConfig", "PretrainDataConfig",
+    "PretrainModelConfig", "PretrainRunConfig", "RunConfig", "ScalingConfig", "ScoreConfig", "ScoringOptions",
     "ThresholdsConfig", "TrainConfig", "describe", "ordered_fields", "from_dict", "load", "opt", "parse_overrides", "save",
     "section", "to_dict",
 ]

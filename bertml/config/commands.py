@@ -57,8 +57,8 @@ class ModelConfig:
 
 
 @dataclass
-class OptimConfig:
-    """The training loop."""
+class LoopConfig:
+    """The optimizer loop `bertml train` and `bertml pretrain` share."""
 
     epochs: int = opt(3, "Passes over the training data")
     batch_size: int = opt(16, "Rows per worker per step (global batch = batch_size * num_workers * grad_accum)")
@@ -67,7 +67,6 @@ class OptimConfig:
     weight_decay: float = opt(0.01, "AdamW weight decay (not applied to biases and LayerNorm)")
     warmup_ratio: float = opt(0.1, "Fraction of steps with linear warmup, then linear decay to 0")
     max_grad_norm: float = opt(1.0, "Gradient clipping norm (0 disables)")
-    pos_weight: bool = opt(False, "Multi-label: weight positives by neg/pos label frequency (imbalanced labels)")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = opt(
         "auto", "auto: bf16 autocast on GPUs that support it, else fp16 + grad scaler; fp32 on CPU"
     )
@@ -80,6 +79,13 @@ class OptimConfig:
         _check(self.weight_decay >= 0, "optim.weight_decay", self.weight_decay, "a number >= 0")
         _check(0 <= self.warmup_ratio < 1, "optim.warmup_ratio", self.warmup_ratio, "a number in [0, 1)")
         _check(self.max_grad_norm >= 0, "optim.max_grad_norm", self.max_grad_norm, "a number >= 0")
+
+
+@dataclass
+class OptimConfig(LoopConfig):
+    """The training loop."""
+
+    pos_weight: bool = opt(False, "Multi-label: weight positives by neg/pos label frequency (imbalanced labels)")
 
 
 @dataclass
@@ -129,6 +135,66 @@ class TrainConfig:
     optim: OptimConfig = section(OptimConfig, "Training loop")
     scaling: ScalingConfig = section(ScalingConfig, "Ray Train workers")
     run: RunConfig = section(RunConfig, "Storage, checkpoints, failures, output")
+
+
+# ----------------------------------------------------------------------------- pretrain
+
+
+@dataclass
+class PretrainDataConfig:
+    """Unlabelled text for masked-language-model pretraining."""
+
+    text: Union[str, list[str]] = opt("", "Parquet with the text: a file, folder, glob or list; local or s3://, gs://")
+    text_column: str = opt("text", "Column holding the text")
+    max_rows: Union[int, None] = opt(None, "Use at most this many rows (for quick runs)")
+
+    def __post_init__(self) -> None:
+        _check(bool(self.text), "data.text", self.text, "a Parquet path")
+        _check(self.max_rows is None or self.max_rows > 0, "data.max_rows", self.max_rows, "a positive integer")
+
+
+@dataclass
+class PretrainModelConfig:
+    """The encoder whose masked-language-model pretraining continues."""
+
+    name: str = opt("", "Hugging Face model name or local folder (BERT, RoBERTa, MiniLM, bert-base-chinese...)")
+    max_length: int = opt(128, "Tokens per text (truncation); at most the model's position limit, <= 512")
+    mlm_probability: float = opt(0.15, "Share of the tokens masked for the model to predict (BERT's 15%)")
+    extend_vocab: bool = opt(False, "Add the text's frequent [UNK] units (CJK characters, unknown words) to the "
+                                    "tokenizer and grow the embeddings, for an encoder whose vocabulary misses the language")
+    trust_remote_code: bool = opt(False, "Allow custom modelling code from the model folder/hub (off: only built-in classes)")
+
+    def __post_init__(self) -> None:
+        _check(bool(self.name), "model.name", self.name, "a model name or path")
+        _check(1 <= self.max_length <= 512, "model.max_length", self.max_length, "an integer in [1, 512]")
+        _check(0.0 < self.mlm_probability < 1.0, "model.mlm_probability", self.mlm_probability, "a number in (0, 1)")
+
+
+@dataclass
+class PretrainRunConfig:
+    """Run bookkeeping: storage, checkpoints, failures, output."""
+
+    name: str = opt("bertml-pretrain", "Run name (a folder under storage_path)")
+    storage_path: str = opt("runs", "Where Ray Train keeps checkpoints; shared storage (s3://, NFS) on multi-node clusters")
+    output: str = opt("checkpoints/encoder", "Final encoder folder (weights, tokenizer): `bertml train model.name=<it>` "
+                      "fine-tunes it, plain transformers loads it")
+    keep_checkpoints: int = opt(2, "Latest epoch checkpoints kept")
+    max_failures: int = opt(2, "Worker-group restarts allowed; each resumes from the latest checkpoint")
+
+    def __post_init__(self) -> None:
+        _check(self.keep_checkpoints >= 1, "run.keep_checkpoints", self.keep_checkpoints, "an integer >= 1")
+        _check(self.max_failures >= 0, "run.max_failures", self.max_failures, "an integer >= 0")
+
+
+@dataclass
+class PretrainConfig:
+    """`bertml pretrain`: continue an encoder's masked-language-model pretraining on unlabelled Parquet text."""
+
+    data: PretrainDataConfig = section(PretrainDataConfig, "Unlabelled text")
+    model: PretrainModelConfig = section(PretrainModelConfig, "Encoder and masking")
+    optim: LoopConfig = section(LoopConfig, "Training loop")
+    scaling: ScalingConfig = section(ScalingConfig, "Ray Train workers")
+    run: PretrainRunConfig = section(PretrainRunConfig, "Storage, checkpoints, failures, output")
 
 
 # ScoreConfig's (batch_size, max_tokens) when left null: (rows per Scorer call, token budget

@@ -213,6 +213,17 @@ def _img(folder_name: str, b64: str, alt: str) -> str:
             f'src="data:image/png;base64,{b64}"></a>')
 
 
+def _coverage_note(summary: dict) -> list[str]:
+    """A warning paragraph when the encoder could not read much of the evaluated text."""
+    cov = (summary.get("coverage") or {}).get("data") or {}
+    if not (cov.get("tokens") and cov["unk_rate"] > UNK_WARN):
+        return []
+    unknown = ", ".join(u for u, _ in cov.get("top_unknown", [])[:10])
+    return [f'<p class="note warn">{cov["unk_rate"]:.1%} of the tokens of a sample of this data are [UNK] '
+            f'(e.g. {html.escape(unknown)}): the encoder cannot read much of this text. Use an encoder whose '
+            'vocabulary covers the language, or train with model.extend_vocab=true.</p>']
+
+
 def render_html(summary: dict, rows: list[dict], plots: list[str], font: LabelFont, wrong: dict,
                 folder: str | None = None) -> str:
     """The whole page as one string; PNGs are read from the report folder and embedded."""
@@ -225,12 +236,7 @@ def render_html(summary: dict, rows: list[dict], plots: list[str], font: LabelFo
              f'<code>{html.escape(spec_text(summary["data"]))}</code> · {summary["problem_type"]} · '
              f'{r["evaluated"]} rows evaluated of {r["total"]} · {time.strftime("%Y-%m-%d %H:%M")}</p>',
              f'<p class="note">{html.escape(summary["excluded"])}.</p>']
-    data_cov = (summary.get("coverage") or {}).get("data") or {}
-    if data_cov.get("tokens") and data_cov["unk_rate"] > UNK_WARN:
-        unknown = ", ".join(u for u, _ in data_cov.get("top_unknown", [])[:10])
-        parts.append(f'<p class="note warn">{data_cov["unk_rate"]:.1%} of the tokens of a sample of this data are '
-                     f'[UNK] (e.g. {html.escape(unknown)}): the encoder cannot read much of this text. Use an encoder '
-                     'whose vocabulary covers the language, or train with model.extend_vocab=true.</p>')
+    parts += _coverage_note(summary)
     if multi:
         t, d = summary["tuned"], summary["at_0.5"]
         cards = [("micro F1", t["micro_f1"], d["micro_f1"]), ("macro F1", t["macro_f1"], d["macro_f1"]),

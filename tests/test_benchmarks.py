@@ -11,6 +11,7 @@ take seconds; each smoke run starts Ray actors, Ray Train runs or child processe
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import pkgutil
 import re
@@ -22,6 +23,17 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENTRIES = ("gpu", "quality", "scale", "score", "train")  # the modules run as python -m jobs.bench.<name>
+
+
+@pytest.fixture(autouse=True)
+def _logger_levels_restored():
+    """The benchmarks run in this process and quiet the `bertml` and Ray loggers for their
+    tables (`jobs.bench.common.quiet`); later tests must find them as they were."""
+    names = ("bertml", "ray", "ray.data", "ray.train")
+    before = {n: logging.getLogger(n).level for n in names}
+    yield
+    for n, level in before.items():
+        logging.getLogger(n).setLevel(level)
 
 
 def key_values(out: str) -> dict[str, str]:

@@ -65,7 +65,7 @@ def test_evaluating_chinese_with_an_english_vocabulary_warns_and_records_it(ray_
     pq.write_table(pa.table({"id": list(range(len(CHINESE))), "text": CHINESE, "labels": [["体育"]] * len(CHINESE)}),
                    tmp_path / "in" / "zh.parquet")
     report = tmp_path / "report"
-    with caplog.at_level(logging.INFO):
+    with caplog.at_level(logging.INFO, logger="bertml"):
         assert main(["evaluate", f"checkpoint={ckpt}", f"data={tmp_path / 'in'}", f"report={report}"]) == 0
     messages = [r.getMessage() for r in caplog.records]
     assert any("are [UNK]" in m and "zh.parquet" in m for m in messages)  # the warning, naming the file

@@ -61,3 +61,9 @@ def multi_ckpt(tmp_path_factory):
 @pytest.fixture(scope="session")
 def single_ckpt(tmp_path_factory):
     return make_checkpoint(str(tmp_path_factory.mktemp("ckpt") / "single"), multi=False)
+
+
+@pytest.fixture(scope="session")
+def english_ckpt(tmp_path_factory):
+    """A checkpoint whose vocabulary never saw a non-ASCII character (an English encoder's)."""
+    return make_checkpoint(str(tmp_path_factory.mktemp("ckpt") / "english"), english_only=True)

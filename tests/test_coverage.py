@@ -47,7 +47,7 @@ def test_no_text_no_warning(english_tok):
     assert cov.texts == 0 and coverage.warning(cov, "x") is None
 
 
-def test_evaluating_chinese_with_an_english_vocabulary_warns_and_records_it(ray_local, tmp_path, caplog):
+def test_evaluating_chinese_with_an_english_vocabulary_warns_and_records_it(ray_local, tmp_path, caplog, request):
     """`bertml evaluate` scores through `bertml score`: the warning is logged before any work,
     the scoring summary and manifest record the sample, and the report shows it."""
     import json
@@ -56,11 +56,10 @@ def test_evaluating_chinese_with_an_english_vocabulary_warns_and_records_it(ray_
 
     import pyarrow as pa
     import pyarrow.parquet as pq
-    from conftest import make_checkpoint
 
     from bertml.cli import main
 
-    ckpt = make_checkpoint(str(tmp_path / "en"), english_only=True)
+    ckpt = request.getfixturevalue("english_ckpt")
     os.makedirs(tmp_path / "in")
     pq.write_table(pa.table({"id": list(range(len(CHINESE))), "text": CHINESE, "labels": [["体育"]] * len(CHINESE)}),
                    tmp_path / "in" / "zh.parquet")

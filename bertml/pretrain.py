@@ -108,13 +108,10 @@ def check_output(cfg: PretrainConfig) -> None:
 def _trainer(cfg: PretrainConfig, name: str, loop_config: dict, infos):
     """The TorchTrainer over a Ray Dataset of the text column, split across the workers."""
     import ray.data
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig
-    from ray.train import RunConfig as RayRunConfig
-    from ray.train import ScalingConfig as RayScalingConfig
-    from ray.train.torch import TorchTrainer
+    from ray.train import CheckpointConfig
 
     from bertml.runtime import resolve_use_gpu
-    from bertml.train import _storage, _worker_cpus
+    from bertml.train import torch_trainer
 
     use_gpu = resolve_use_gpu(cfg.scaling.use_gpu)
     if len({type(i.shard.fs) for i in infos}) > 1:
@@ -126,24 +123,8 @@ def _trainer(cfg: PretrainConfig, name: str, loop_config: dict, infos):
         if cfg.data.text_column != TEXT else ds.select_columns([TEXT])
     if cfg.data.max_rows is not None:
         ds = ds.limit(cfg.data.max_rows)
-    cpus, threads = _worker_cpus(cfg, use_gpu)
-    storage, storage_fs = _storage(cfg.run.storage_path)
-    ingest = DataConfig.default_ingest_options()
-    ingest.preserve_order = True  # same data order on every run (deterministic on CPU)
-    return TorchTrainer(
-        pretrain_loop_per_worker,
-        train_loop_config={**loop_config, "threads_per_worker": threads},
-        scaling_config=RayScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=use_gpu,
-                                        resources_per_worker={"CPU": cpus},
-                                        placement_strategy=cfg.scaling.placement_strategy),
-        run_config=RayRunConfig(
-            name=name, storage_path=storage, storage_filesystem=storage_fs,
-            checkpoint_config=CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints),  # the latest ones
-            failure_config=FailureConfig(max_failures=cfg.run.max_failures),
-        ),
-        datasets={"train": ds},
-        dataset_config=DataConfig(datasets_to_split=["train"], execution_options={"train": ingest}),
-    )
+    checkpoints = CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints)  # the latest ones
+    return torch_trainer(cfg, pretrain_loop_per_worker, name, loop_config, {"train": ds}, use_gpu, checkpoints)
 
 
 def _finalize(checkpoint, cfg: PretrainConfig) -> str:

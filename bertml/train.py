@@ -63,10 +63,7 @@ def _vocabulary(cfg: TrainConfig, infos) -> tuple[list[str], dict | None]:
 def _trainer(cfg: TrainConfig, name: str, loop_config: dict, summary, train_infos, val_infos):
     """The TorchTrainer: workers laid out so Ray Data keeps a free CPU, datasets split and ordered."""
     import ray.data
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig
-    from ray.train import RunConfig as RayRunConfig
-    from ray.train import ScalingConfig as RayScalingConfig
-    from ray.train.torch import TorchTrainer
+    from ray.train import CheckpointConfig
 
     from bertml import train_data
     from bertml.runtime import resolve_use_gpu
@@ -78,25 +75,35 @@ def _trainer(cfg: TrainConfig, name: str, loop_config: dict, summary, train_info
         train_ds, val_ds = train_data.datasets(cfg.data, summary, cfg.optim.seed, train_infos, val_infos)
     finally:
         ctx.enable_progress_bars = bars
+    checkpoints = CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints, checkpoint_score_attribute=cfg.run.metric,
+                                   checkpoint_score_order=cfg.run.metric_mode)
+    return torch_trainer(cfg, train_loop_per_worker, name, loop_config, {"train": train_ds, "validation": val_ds},
+                         use_gpu, checkpoints)
+
+
+def torch_trainer(cfg, loop, name: str, loop_config: dict, datasets: dict, use_gpu: bool, checkpoints):
+    """A TorchTrainer for `loop` (train's or pretrain's): workers laid out so Ray Data keeps a
+    free CPU, `datasets["train"]` split across them, every dataset read in a fixed order."""
+    from ray.train import DataConfig, FailureConfig
+    from ray.train import RunConfig as RayRunConfig
+    from ray.train import ScalingConfig as RayScalingConfig
+    from ray.train.torch import TorchTrainer
+
     cpus, threads = _worker_cpus(cfg, use_gpu)
     storage, storage_fs = _storage(cfg.run.storage_path)
     ingest = DataConfig.default_ingest_options()
     ingest.preserve_order = True  # same data order on every run (deterministic on CPU)
     return TorchTrainer(
-        train_loop_per_worker,
+        loop,
         train_loop_config={**loop_config, "threads_per_worker": threads},
         scaling_config=RayScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=use_gpu,
                                         resources_per_worker={"CPU": cpus},
                                         placement_strategy=cfg.scaling.placement_strategy),
-        run_config=RayRunConfig(
-            name=name, storage_path=storage, storage_filesystem=storage_fs,
-            checkpoint_config=CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints,
-                                               checkpoint_score_attribute=cfg.run.metric,
-                                               checkpoint_score_order=cfg.run.metric_mode),
-            failure_config=FailureConfig(max_failures=cfg.run.max_failures),
-        ),
-        datasets={"train": train_ds, "validation": val_ds},
-        dataset_config=DataConfig(datasets_to_split=["train"], execution_options={"train": ingest, "validation": ingest}),
+        run_config=RayRunConfig(name=name, storage_path=storage, storage_filesystem=storage_fs,
+                                checkpoint_config=checkpoints,
+                                failure_config=FailureConfig(max_failures=cfg.run.max_failures)),
+        datasets=datasets,
+        dataset_config=DataConfig(datasets_to_split=["train"], execution_options={k: ingest for k in datasets}),
     )
 
 
